@@ -1,0 +1,298 @@
+"""Typed configuration: YAML files validated into pydantic models that reject unknown keys.
+
+A section of `config.yaml` may be written inline or as the path of a YAML file of its own,
+relative to the config file (`rules: rules.yaml`), so each step can keep its own file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hybrid_ad.errors import ConfigError
+
+SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(StrictModel):
+    """Time-ordered split fractions, in row order after sorting by timestamp."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    validation: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where the events are and which role each column plays."""
+
+    path: Path = Path("data/demo/creditcard_50k.csv.gz")
+    timestamp: str = "Time"
+    timestamp_unit: Literal["s", "ms", "datetime"] = Field(
+        "s", description="numeric seconds, numeric milliseconds, or parseable date-times"
+    )
+    label: str | None = "Class"
+    features: list[str] = Field(
+        default_factory=lambda: ["V*", "Amount"],
+        min_length=1,
+        description="column names or glob patterns (`V*`), in the order given",
+    )
+    entity_keys: list[str] = Field(default_factory=list)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+class QuantileRef(StrictModel):
+    """A threshold learned from the training split: the q-quantile of the feature."""
+
+    quantile: float = Field(ge=0, le=1)
+
+
+class MeanPlusStdRef(StrictModel):
+    """A threshold learned from the training split: mean + k standard deviations."""
+
+    mean_plus_std: float
+
+
+class Threshold(StrictModel):
+    feature: str
+    op: Literal[">", ">=", "<", "<="]
+    value: float | QuantileRef | MeanPlusStdRef
+
+
+class ZScore(StrictModel):
+    """|z| of one feature (training mean and std) above a bound."""
+
+    feature: str
+    abs_above: float = Field(gt=0)
+
+
+class CountExtreme(StrictModel):
+    """At least `at_least` of the named features have |z| above `abs_z_above`."""
+
+    features: list[str] = Field(min_length=1, description="names or glob patterns")
+    abs_z_above: float = Field(gt=0)
+    at_least: int = Field(ge=1)
+
+
+class HourOfDay(StrictModel):
+    """Hour of day in [start, end); wraps past midnight when start > end (22 -> 4)."""
+
+    start: float = Field(ge=0, lt=24)
+    end: float = Field(ge=0, le=24)
+
+
+class Condition(StrictModel):
+    """Exactly one of the condition kinds; `all`, `any` and `not` combine others."""
+
+    threshold: Threshold | None = None
+    zscore: ZScore | None = None
+    count_extreme: CountExtreme | None = None
+    hour_of_day: HourOfDay | None = None
+    all: list[Condition] | None = Field(None, min_length=1)
+    any: list[Condition] | None = Field(None, min_length=1)
+    not_: Condition | None = Field(None, alias="not")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Condition:
+        given = [name for name, value in self if value is not None]
+        if len(given) != 1:
+            kinds = "threshold, zscore, count_extreme, hour_of_day, all, any, not"
+            raise ValueError(f"a condition needs exactly one of {kinds}; got {given or 'none'}")
+        return self
+
+
+class Rule(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    weight: float = Field(1.0, gt=0)
+    reason: str = Field(min_length=1)
+    when: Condition
+
+
+class RulesConfig(StrictModel):
+    """Domain rules; an event whose summed hit weight reaches the threshold is pseudo-anomalous."""
+
+    pseudo_label_threshold: float = Field(2.0, gt=0)
+    rules: list[Rule] = Field(min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
+        names = [rule.name for rule in rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
+        return rules
+
+
+# --- features, models, evaluation ---------------------------------------------------------------
+
+
+class FeaturesConfig(StrictModel):
+    log_scale: list[str] = Field(
+        default_factory=lambda: ["Amount"], description="features passed through log1p first"
+    )
+    hour_of_day: bool = True
+    extreme_z: float = Field(3.0, gt=0, description="|z| above which a component is extreme")
+
+
+class AutoencoderConfig(StrictModel):
+    hidden_layers: list[int] = Field(default_factory=lambda: [64, 32])
+    latent_dim: int = Field(16, ge=1)
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(512, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without validation improvement")
+    error_metric: Literal["l2", "l1"] = "l2"
+    train_on: Literal["rule_normal", "all"] = "rule_normal"
+    threads: int = Field(2, ge=1)
+
+    @field_validator("hidden_layers")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        if any(width < 1 for width in widths):
+            raise ValueError("every hidden layer width must be at least 1")
+        return widths
+
+
+class PseudoLabelConfig(StrictModel):
+    """How autoencoder reconstruction error refines rule pseudo-labels.
+
+    Quantiles are of the reconstruction error of training rows the rules call normal.
+    """
+
+    demote_below_quantile: float = Field(0.5, ge=0, le=1)
+    promote_above_quantile: float = Field(0.999, ge=0, le=1)
+
+
+class JudgeConfig(StrictModel):
+    label_source: Literal["pseudo", "truth"] = "pseudo"
+    n_estimators: int = Field(600, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    max_depth: int = Field(6, ge=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: int = Field(50, ge=1)
+    scale_pos_weight: float | Literal["auto"] = "auto"
+    threads: int = Field(2, ge=1)
+    pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+
+
+class EvaluationConfig(StrictModel):
+    precision_at_k: int = Field(100, ge=1)
+    threshold_policy: Literal["best_f1", "alert_rate"] = "best_f1"
+    alert_rate: float = Field(0.002, gt=0, lt=1)
+    report: bool = True
+
+
+class ArtifactsConfig(StrictModel):
+    out_dir: Path = Path("artifacts")
+
+
+class Config(StrictModel):
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    rules: RulesConfig
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def format_validation_error(source: str, error: ValidationError, skip: int = 0) -> str:
+    """One line: the file, the dotted key path (less `skip` leading parts) and the problem."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"][skip:]) or "<root>"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {message}{suffix}"
+
+
+def config_from_dict(raw: Any, source: str = "<config>") -> Config:
+    """Validate an already-parsed mapping; errors name `source` and the key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read `config.yaml`, inline any per-step section files, and validate the whole.
+
+    A problem inside a section file is reported against that file, with the key path
+    inside it.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    section_files: dict[str, Path] = {}
+    for section in SECTIONS:
+        value = raw.get(section)
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            section_path = path.parent / value
+            section_raw = _read_yaml(section_path)
+            if not isinstance(section_raw, dict):
+                raise ConfigError(f"{section_path}: expected a mapping for section '{section}'")
+            raw[section] = section_raw
+            section_files[section] = section_path
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        if loc and loc[0] in section_files:
+            source = f"{section_files[loc[0]]}"
+            raise ConfigError(format_validation_error(source, exc, skip=1)) from None
+        raise ConfigError(format_validation_error(str(path), exc)) from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """JSON-ready form, used in the saved model and its manifest."""
+    return config.model_dump(mode="json", by_alias=True)

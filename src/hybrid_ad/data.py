@@ -1,0 +1,209 @@
+"""Reading event tables, checking their columns, and the time-ordered split.
+
+Every problem with the input becomes an `InputError` naming the file and the column, so the
+command line can print one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow
+
+from hybrid_ad.config import DataConfig, SplitConfig
+from hybrid_ad.errors import InputError
+
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+EVENT_SECONDS = "_event_seconds"
+"""Column holding the timestamp as float seconds, added by `validate_events`."""
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read CSV, gzip-compressed CSV or Parquet; any failure names the file."""
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith(SUPPORTED_SUFFIXES):
+        kinds = ", ".join(SUPPORTED_SUFFIXES)
+        raise InputError(f"{path}: unsupported file type; use one of {kinds}")
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: file is empty") from None
+    except (EOFError, zlib.error, OSError) as exc:
+        raise InputError(f"{path}: file is truncated or corrupt ({_first_line(exc)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pyarrow.ArrowException) as exc:
+        raise InputError(f"{path}: cannot parse ({_first_line(exc)})") from None
+    if frame.empty:
+        raise InputError(f"{path}: no data rows")
+    return frame
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_columns(patterns: list[str], columns: list[str], source: str) -> list[str]:
+    """Expand names and glob patterns against `columns`, keeping order and dropping repeats."""
+    resolved: list[str] = []
+    for pattern in patterns:
+        matches = [column for column in columns if fnmatch.fnmatchcase(column, pattern)]
+        if not matches:
+            raise InputError(f"{source}: no column matches '{pattern}'")
+        resolved.extend(column for column in matches if column not in resolved)
+    return resolved
+
+
+def feature_columns(frame: pd.DataFrame, config: DataConfig, source: str) -> list[str]:
+    """The model's input columns: the configured patterns, never the timestamp or the label."""
+    reserved = {config.timestamp, config.label, *config.entity_keys}
+    candidates = [column for column in frame.columns if column not in reserved]
+    return resolve_columns(config.features, candidates, source)
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    values = frame[column]
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        coerced = pd.to_numeric(values, errors="coerce")
+        bad = coerced.isna() & values.notna()
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise InputError(
+                f"{source}: column '{column}' has a non-numeric value {values.iloc[row]!r} "
+                f"at data row {row + 1}"
+            )
+        values = coerced
+    array = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(array)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        count = int((~finite).sum())
+        raise InputError(
+            f"{source}: column '{column}' has {count} missing or infinite value(s), "
+            f"first at data row {row + 1}"
+        )
+    return array
+
+
+def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.ndarray:
+    """The timestamp column as float seconds (epoch seconds for date-times)."""
+    column = config.timestamp
+    if config.timestamp_unit == "datetime":
+        try:
+            parsed = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise InputError(
+                f"{source}: column '{column}' has timestamps that cannot be parsed "
+                f"({_first_line(exc)})"
+            ) from None
+        if parsed.isna().any():
+            row = int(np.argmax(parsed.isna().to_numpy()))
+            raise InputError(
+                f"{source}: column '{column}' has a missing timestamp at data row {row + 1}"
+            )
+        nanos = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        return nanos.astype(np.float64) / 1e9
+    seconds = _numeric_column(frame, column, source)
+    return seconds / 1000.0 if config.timestamp_unit == "ms" else seconds
+
+
+def validate_events(
+    frame: pd.DataFrame, config: DataConfig, source: str, require_label: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """Check roles and values; return a float frame of the features plus timestamp and label.
+
+    The returned frame keeps the input's row order and index, carries the features as float64,
+    the timestamp in `EVENT_SECONDS`, the label (when present) as int, and entity keys as given.
+    """
+    required = [config.timestamp, *config.entity_keys]
+    if require_label:
+        if config.label is None:
+            raise InputError(f"{source}: this step needs a label column, and data.label is not set")
+        required.append(config.label)
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise InputError(f"{source}: missing column '{missing[0]}'")
+    columns = feature_columns(frame, config, source)
+    checked = {column: _numeric_column(frame, column, source) for column in columns}
+    result = pd.DataFrame(checked, index=frame.index)
+    result[EVENT_SECONDS] = event_seconds(frame, config, source)
+    for key in config.entity_keys:
+        result[key] = frame[key].to_numpy()
+    if config.label is not None and config.label in frame.columns:
+        labels = _numeric_column(frame, config.label, source)
+        if not np.isin(labels, (0.0, 1.0)).all():
+            row = int(np.argmax(~np.isin(labels, (0.0, 1.0))))
+            raise InputError(
+                f"{source}: label column '{config.label}' must be 0 or 1, "
+                f"found {labels[row]:g} at data row {row + 1}"
+            )
+        result[config.label] = labels.astype(np.int8)
+    return result, columns
+
+
+def load_events(
+    path: str | Path, config: DataConfig, require_label: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read and validate an event file: see `validate_events`."""
+    return validate_events(read_table(path), config, str(path), require_label=require_label)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Time-ordered train / validation / test frames, with the boundaries used."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def summary(self, label: str | None) -> dict[str, dict[str, float | int]]:
+        """Rows, time range and (when labelled) positives of each part, for the report."""
+        summary: dict[str, dict[str, float | int]] = {}
+        for name in ("train", "validation", "test"):
+            part: pd.DataFrame = getattr(self, name)
+            entry: dict[str, float | int] = {
+                "rows": len(part),
+                "start_seconds": float(part[EVENT_SECONDS].min()),
+                "end_seconds": float(part[EVENT_SECONDS].max()),
+            }
+            if label is not None and label in part.columns:
+                entry["positives"] = int(part[label].sum())
+            summary[name] = entry
+        return summary
+
+
+def time_split(frame: pd.DataFrame, config: SplitConfig) -> Split:
+    """Sort by event time (stable, so ties keep arrival order) and cut by row counts."""
+    ordered = frame.sort_values(EVENT_SECONDS, kind="stable")
+    n_rows = len(ordered)
+    n_train = round(n_rows * config.train)
+    n_validation = round(n_rows * config.validation)
+    if min(n_train, n_validation, n_rows - n_train - n_validation) < 1:
+        raise InputError(f"too few rows ({n_rows}) to split into train, validation and test")
+    return Split(
+        train=ordered.iloc[:n_train],
+        validation=ordered.iloc[n_train : n_train + n_validation],
+        test=ordered.iloc[n_train + n_validation :],
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed; recorded in the model manifest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
