@@ -197,6 +197,9 @@ class JudgeConfig(StrictModel):
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     early_stopping_rounds: int = Field(50, ge=1)
+    eval_metric: Literal["logloss", "aucpr"] = Field(
+        "logloss", description="validation metric for early stopping"
+    )
     scale_pos_weight: float | Literal["auto"] = "auto"
     threads: int = Field(2, ge=1)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)

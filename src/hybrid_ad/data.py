@@ -69,7 +69,7 @@ def resolve_columns(patterns: list[str], columns: list[str], source: str) -> lis
 
 def feature_columns(frame: pd.DataFrame, config: DataConfig, source: str) -> list[str]:
     """The model's input columns: the configured patterns, never the timestamp or the label."""
-    reserved = {config.timestamp, config.label, *config.entity_keys}
+    reserved = {config.timestamp, config.label, EVENT_SECONDS, *config.entity_keys}
     candidates = [column for column in frame.columns if column not in reserved]
     return resolve_columns(config.features, candidates, source)
 
@@ -123,10 +123,11 @@ def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.nd
 def validate_events(
     frame: pd.DataFrame, config: DataConfig, source: str, require_label: bool = False
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Check roles and values; return a float frame of the features plus timestamp and label.
+    """Check roles and values; return a copy with clean types and the event time in seconds.
 
-    The returned frame keeps the input's row order and index, carries the features as float64,
-    the timestamp in `EVENT_SECONDS`, the label (when present) as int, and entity keys as given.
+    The copy keeps every input column, row order and index; features become float64, the label
+    (when present) int8, and `EVENT_SECONDS` is added. Validating a validated frame is a no-op,
+    so every entry point can call this without tracking what was checked before.
     """
     required = [config.timestamp, *config.entity_keys]
     if require_label:
@@ -137,15 +138,15 @@ def validate_events(
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
     columns = feature_columns(frame, config, source)
-    checked = {column: _numeric_column(frame, column, source) for column in columns}
-    result = pd.DataFrame(checked, index=frame.index)
+    result = frame.copy()
+    for column in columns:
+        result[column] = _numeric_column(frame, column, source)
     result[EVENT_SECONDS] = event_seconds(frame, config, source)
-    for key in config.entity_keys:
-        result[key] = frame[key].to_numpy()
     if config.label is not None and config.label in frame.columns:
         labels = _numeric_column(frame, config.label, source)
-        if not np.isin(labels, (0.0, 1.0)).all():
-            row = int(np.argmax(~np.isin(labels, (0.0, 1.0))))
+        is_binary = np.isin(labels, (0.0, 1.0))
+        if not is_binary.all():
+            row = int(np.argmin(is_binary))
             raise InputError(
                 f"{source}: label column '{config.label}' must be 0 or 1, "
                 f"found {labels[row]:g} at data row {row + 1}"

@@ -1,0 +1,135 @@
+"""Atomic file writes and the checked model directory: nothing is pickled, everything is hashed.
+
+A model directory holds plain files (JSON, safetensors, XGBoost JSON) and a `manifest.json`
+that records the sha256 of each. Loading verifies every hash first, so a truncated or edited
+artifact is refused before any of it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hybrid_ad.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Let `writer` fill a temporary path (for libraries that write files themselves)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        writer(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_model_dir(
+    directory: str | Path, files: dict[str, bytes], manifest: dict[str, Any]
+) -> None:
+    """Write all files and the manifest into a fresh directory, then swap it into place.
+
+    A crash part-way leaves the previous model directory untouched.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        full_manifest = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
+        }
+        (staging / MANIFEST).write_text(json.dumps(full_manifest, indent=2, sort_keys=True) + "\n")
+        retired = None
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.retired")
+            shutil.rmtree(retired, ignore_errors=True)
+            directory.rename(retired)
+        staging.rename(directory)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Read the manifest and every file it lists, refusing anything missing or altered."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{directory}: not a saved model (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{manifest_path}: manifest is truncated or corrupt") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{manifest_path}: manifest has no file list")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: model format {manifest.get('format_version')!r} is not supported "
+            f"(this version reads format {FORMAT_VERSION})"
+        )
+    files: dict[str, bytes] = {}
+    for name, expected in manifest["files"].items():
+        if Path(name).name != name:
+            raise ArtifactError(f"{manifest_path}: file name {name!r} leaves the model directory")
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing model file")
+        data = path.read_bytes()
+        if sha256_bytes(data) != expected:
+            raise ArtifactError(f"{path}: checksum mismatch; the file is truncated or was modified")
+        files[name] = data
+    return manifest, files
+
+
+def update_manifest(directory: str | Path, **fields: Any) -> None:
+    """Add or replace top-level manifest fields (e.g. metrics after evaluation), atomically."""
+    manifest_path = Path(directory) / MANIFEST
+    manifest, _ = read_model_dir(directory)
+    manifest.update(fields)
+    atomic_write_json(manifest_path, manifest)

@@ -1,0 +1,184 @@
+"""A dense autoencoder trained on normal-looking events: reconstruction error and embeddings.
+
+Events the network reconstructs badly are unlike the traffic it learned; its latent code is a
+compact description of each event that the judge can use. Training is seeded and
+deterministic on CPU; weights are saved as safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from hybrid_ad.config import AutoencoderConfig
+from hybrid_ad.errors import ArtifactError
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+SCORE_BATCH = 65_536
+
+
+def _mlp(widths: list[int], activation: str, dropout: float) -> nn.Sequential:
+    """Linear layers between consecutive widths, activations between (none after the last)."""
+    layers: list[nn.Module] = []
+    for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(width_in, width_out))
+        if index < len(widths) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class _Network(nn.Module):
+    def __init__(self, n_inputs: int, config: AutoencoderConfig) -> None:
+        super().__init__()
+        hidden = list(config.hidden_layers)
+        self.encoder = _mlp(
+            [n_inputs, *hidden, config.latent_dim], config.activation, config.dropout
+        )
+        self.decoder = _mlp(
+            [config.latent_dim, *reversed(hidden), n_inputs], config.activation, config.dropout
+        )
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = self.encoder(inputs)
+        return self.decoder(latent), latent
+
+
+EpochCallback = Callable[[int, float, float], None]
+"""Called after each epoch with (epoch, training loss, validation loss)."""
+
+
+class Autoencoder:
+    """scikit-learn style wrapper: `fit`, then `reconstruction_error` and `embed`."""
+
+    def __init__(self, config: AutoencoderConfig, seed: int = 0) -> None:
+        self.config = config
+        self.seed = seed
+        self.network_: _Network | None = None
+        self.n_inputs_: int | None = None
+        self.history_: list[dict[str, float]] = []
+
+    def fit(
+        self,
+        train: np.ndarray,
+        validation: np.ndarray,
+        on_epoch: EpochCallback | None = None,
+    ) -> Autoencoder:
+        """Minimise reconstruction loss; keep the weights of the best validation epoch."""
+        torch.manual_seed(self.seed)
+        torch.set_num_threads(self.config.threads)
+        torch.use_deterministic_algorithms(True)
+        n_inputs = train.shape[1]
+        network = _Network(n_inputs, self.config)
+        optimiser = torch.optim.Adam(
+            network.parameters(),
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        train_tensor = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+        validation_tensor = torch.from_numpy(np.ascontiguousarray(validation, dtype=np.float32))
+        generator = torch.Generator().manual_seed(self.seed)
+        best_loss, best_state, stale = float("inf"), None, 0
+        self.history_ = []
+        for epoch in range(1, self.config.max_epochs + 1):
+            network.train()
+            order = torch.randperm(len(train_tensor), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), self.config.batch_size):
+                batch = train_tensor[order[start : start + self.config.batch_size]]
+                reconstruction, _ = network(batch)
+                loss = self._loss(reconstruction, batch).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * len(batch)
+            train_loss = total / len(train_tensor)
+            validation_loss = float(self._run(network, validation_tensor)[0].mean())
+            self.history_.append(
+                {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
+            )
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss, validation_loss)
+            if validation_loss < best_loss - 1e-7:
+                best_loss, stale = validation_loss, 0
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= self.config.patience:
+                    break
+        if best_state is not None:
+            network.load_state_dict(best_state)
+        network.eval()
+        self.network_, self.n_inputs_ = network, n_inputs
+        return self
+
+    def _loss(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-event error: mean squared (l2) or mean absolute (l1) over the inputs."""
+        difference = reconstruction - target
+        if self.config.error_metric == "l1":
+            return difference.abs().mean(dim=1)
+        return (difference**2).mean(dim=1)
+
+    @torch.no_grad()
+    def _run(self, network: _Network, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-event errors and latent codes, in batches to bound memory."""
+        network.eval()
+        errors, latents = [], []
+        for start in range(0, len(inputs), SCORE_BATCH):
+            batch = inputs[start : start + SCORE_BATCH]
+            reconstruction, latent = network(batch)
+            errors.append(self._loss(reconstruction, batch))
+            latents.append(latent)
+        if not errors:
+            return torch.zeros(0), torch.zeros((0, self.config.latent_dim))
+        return torch.cat(errors), torch.cat(latents)
+
+    def transform(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstruction error (n,) and latent embedding (n, latent_dim) in one pass."""
+        tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        errors, latents = self._run(self._fitted(), tensor)
+        return errors.double().numpy(), latents.numpy()
+
+    def reconstruction_error(self, inputs: np.ndarray) -> np.ndarray:
+        return self.transform(inputs)[0]
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        return self.transform(inputs)[1]
+
+    def _fitted(self) -> _Network:
+        if self.network_ is None:
+            raise RuntimeError("Autoencoder used before fit")
+        return self.network_
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def to_bytes(self) -> tuple[bytes, bytes]:
+        """(safetensors weights, JSON metadata)."""
+        network = self._fitted()
+        weights = save_safetensors({k: v.contiguous() for k, v in network.state_dict().items()})
+        meta = {"n_inputs": self.n_inputs_, "seed": self.seed, "history": self.history_}
+        return weights, json.dumps(meta).encode()
+
+    @classmethod
+    def from_bytes(
+        cls, config: AutoencoderConfig, weights: bytes, metadata: dict[str, Any]
+    ) -> Autoencoder:
+        model = cls(config, seed=int(metadata.get("seed", 0)))
+        try:
+            network = _Network(int(metadata["n_inputs"]), config)
+            network.load_state_dict(load_safetensors(weights))
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ArtifactError(f"autoencoder.safetensors: cannot load weights ({exc})") from None
+        network.eval()
+        model.network_, model.n_inputs_ = network, int(metadata["n_inputs"])
+        model.history_ = list(metadata.get("history", []))
+        return model

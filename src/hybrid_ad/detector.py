@@ -1,0 +1,340 @@
+"""The fitted whole: rules, features, autoencoder and judge behind one object.
+
+`Detector.fit` trains every stage on a time-ordered training frame (validation for early
+stopping), `score` runs them all on any frame, and `save` / `load` move the fitted state to
+and from a checked directory with no pickle in it. Batch scoring, streaming and the service
+all call `score`, so there is one path from an event to its probability.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import hybrid_ad
+from hybrid_ad.artifacts import read_model_dir, write_model_dir
+from hybrid_ad.autoencoder import Autoencoder
+from hybrid_ad.config import Config, config_from_dict, config_to_dict
+from hybrid_ad.data import EVENT_SECONDS, validate_events
+from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.features import FeatureBuilder, FeatureMatrix
+from hybrid_ad.judge import Judge
+from hybrid_ad.progress import QUIET, ProgressReporter
+from hybrid_ad.pseudo_labels import ErrorBounds, refine_pseudo_labels
+from hybrid_ad.rules import RuleResult, RuleSet
+
+SCORE_COLUMNS = ("score", "rule_score", "reconstruction_error", "rules_hit")
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """What the label-free stages say about a batch of events."""
+
+    features: FeatureMatrix
+    rules: RuleResult
+    reconstruction_error: np.ndarray
+    embedding: np.ndarray
+
+
+class Detector:
+    """Rules -> autoencoder -> judge, fitted together and used as one estimator."""
+
+    def __init__(self, config: Config, progress: ProgressReporter = QUIET) -> None:
+        self.config = config
+        self.progress = progress
+        self.feature_columns_: list[str] | None = None
+        self.features_: FeatureBuilder | None = None
+        self.rules_: RuleSet | None = None
+        self.autoencoder_: Autoencoder | None = None
+        self.error_bounds_: ErrorBounds | None = None
+        self.judge_: Judge | None = None
+        self.judge_uses_autoencoder_ = True
+        self.threshold_: float | None = None
+        self.data_sha256_: str | None = None
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(self, frame: pd.DataFrame, validation: pd.DataFrame | None = None) -> Detector:
+        """Fit every stage. Without `validation`, the latest events of `frame` are held out."""
+        train, validation = self._train_validation(frame, validation)
+        self.fit_unsupervised(train, validation)
+        return self.fit_judge(train, validation)
+
+    def fit_unsupervised(self, frame: pd.DataFrame, validation: pd.DataFrame) -> Detector:
+        """Fit scaler, rules and autoencoder. Never reads the label column."""
+        self.feature_columns_ = None
+        train = self._events(frame, "training data")
+        held_out = self._events(validation, "validation data")
+        self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
+        self.rules_ = RuleSet(self.config.rules).fit(train)
+        train_features = self.features_.transform(train)
+        held_out_features = self.features_.transform(held_out)
+        train_rules = self.rules_.evaluate(train)
+        if self.config.autoencoder.train_on == "rule_normal":
+            train_rows = ~train_rules.pseudo_label
+            held_out_rows = ~self.rules_.evaluate(held_out).pseudo_label
+        else:
+            train_rows = np.ones(len(train), dtype=bool)
+            held_out_rows = np.ones(len(held_out), dtype=bool)
+        autoencoder = Autoencoder(self.config.autoencoder, seed=self.config.seed)
+        with self.progress.task("autoencoder", self.config.autoencoder.max_epochs) as advance:
+            autoencoder.fit(
+                train_features.scaled[train_rows],
+                held_out_features.scaled[held_out_rows],
+                on_epoch=lambda epoch, loss, val: advance(epoch, f"val loss {val:.4f}"),
+            )
+        self.autoencoder_ = autoencoder
+        train_errors = autoencoder.reconstruction_error(train_features.scaled)
+        self.error_bounds_ = ErrorBounds.fit(
+            train_errors[~train_rules.pseudo_label], self.config.judge.pseudo
+        )
+        self.judge_ = None
+        return self
+
+    def fit_judge(
+        self, frame: pd.DataFrame, validation: pd.DataFrame, use_autoencoder: bool = True
+    ) -> Detector:
+        """Fit the judge on the label source from config; needs `fit_unsupervised` first."""
+        self._require_unsupervised()
+        truth = self.config.judge.label_source == "truth"
+        train = self._events(frame, "training data", require_label=truth)
+        held_out = self._events(validation, "validation data", require_label=truth)
+        self.judge_uses_autoencoder_ = use_autoencoder
+        train_outputs, held_out_outputs = self._outputs(train), self._outputs(held_out)
+        inputs, names = self._judge_matrix(train_outputs)
+        held_out_inputs, _ = self._judge_matrix(held_out_outputs)
+        judge = Judge(self.config.judge, seed=self.config.seed)
+        title = "judge" if use_autoencoder else "judge (no autoencoder)"
+        with self.progress.task(title, self.config.judge.n_estimators) as advance:
+            judge.fit(
+                inputs,
+                self.training_labels(train, train_outputs),
+                held_out_inputs,
+                self.training_labels(held_out, held_out_outputs),
+                names,
+                on_round=lambda round_: advance(round_, ""),
+            )
+        self.judge_ = judge
+        return self
+
+    def without_autoencoder_inputs(self, frame: pd.DataFrame, validation: pd.DataFrame) -> Detector:
+        """Ablation: the same detector and labels, with a judge that never sees the
+        autoencoder's outputs. The original detector is left unchanged."""
+        ablation = copy.copy(self)
+        return ablation.fit_judge(frame, validation, use_autoencoder=False)
+
+    def training_labels(self, events: pd.DataFrame, outputs: StageOutputs) -> np.ndarray:
+        """The judge's targets: refined pseudo-labels, or the label column in `truth` mode."""
+        if self.config.judge.label_source == "truth":
+            return events[self.config.data.label].to_numpy(np.int8)
+        assert self.error_bounds_ is not None
+        return refine_pseudo_labels(
+            outputs.rules.pseudo_label, outputs.reconstruction_error, self.error_bounds_
+        )
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
+        """One row per input event, in input order: judge probability and stage outputs."""
+        events = self._events(frame, source)
+        outputs = self._outputs(events)
+        inputs, _ = self._judge_matrix(outputs)
+        result = pd.DataFrame(index=frame.index)
+        result["score"] = self._fitted_judge().predict_proba(inputs)
+        if self.threshold_ is not None:
+            result["alert"] = result["score"].to_numpy() >= self.threshold_
+        result["rule_score"] = outputs.rules.score
+        result["reconstruction_error"] = outputs.reconstruction_error
+        result["rules_hit"] = outputs.rules.hit_names()
+        return result
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """scikit-learn convention: columns are P(normal), P(anomaly)."""
+        anomaly = self.score(frame)["score"].to_numpy()
+        return np.column_stack([1.0 - anomaly, anomaly])
+
+    def decision_function(self, frame: pd.DataFrame) -> np.ndarray:
+        """Higher is more anomalous: the judge probability."""
+        return self.score(frame)["score"].to_numpy()
+
+    def embed(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
+        """Autoencoder outputs per event: reconstruction error and latent coordinates."""
+        events = self._events(frame, source)
+        outputs = self._outputs(events)
+        latent = pd.DataFrame(
+            outputs.embedding,
+            index=frame.index,
+            columns=[f"latent_{i}" for i in range(outputs.embedding.shape[1])],
+        )
+        latent.insert(0, "reconstruction_error", outputs.reconstruction_error)
+        return latent
+
+    def stage_outputs(self, frame: pd.DataFrame, source: str = "input") -> StageOutputs:
+        """The label-free stages' outputs, for evaluation and inspection."""
+        return self._outputs(self._events(frame, source))
+
+    def _outputs(self, events: pd.DataFrame) -> StageOutputs:
+        self._require_unsupervised()
+        assert self.features_ and self.rules_ and self.autoencoder_
+        features = self.features_.transform(events)
+        error, embedding = self.autoencoder_.transform(features.scaled)
+        return StageOutputs(features, self.rules_.evaluate(events), error, embedding)
+
+    def _judge_matrix(self, outputs: StageOutputs) -> tuple[np.ndarray, list[str]]:
+        features = outputs.features
+        parts = [features.scaled, features.engineered]
+        names = [*features.scaled_names, *features.engineered_names]
+        if self.judge_uses_autoencoder_:
+            parts += [np.log1p(outputs.reconstruction_error)[:, None], outputs.embedding]
+            names += ["log_reconstruction_error"]
+            names += [f"latent_{i}" for i in range(outputs.embedding.shape[1])]
+        parts += [outputs.rules.hits, outputs.rules.score[:, None]]
+        names += [f"rule_{name}" for name in outputs.rules.names] + ["rule_score"]
+        return np.hstack([np.asarray(part, dtype=np.float32) for part in parts]), names
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _events(
+        self, frame: pd.DataFrame, source: str, require_label: bool = False
+    ) -> pd.DataFrame:
+        if len(frame) == 0:
+            raise InputError(f"{source}: no events")
+        events, columns = validate_events(frame, self.config.data, source, require_label)
+        if self.feature_columns_ is None:
+            self.feature_columns_ = columns
+        elif columns != self.feature_columns_:
+            raise InputError(
+                f"{source}: feature columns differ from the ones the model was fitted on "
+                f"(expected {len(self.feature_columns_)}, got {len(columns)})"
+            )
+        return events
+
+    def _train_validation(
+        self, frame: pd.DataFrame, validation: pd.DataFrame | None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if validation is not None:
+            return frame, validation
+        events = self._events(frame, "training data")
+        split = self.config.data.split
+        holdout = split.validation / (split.train + split.validation)
+        ordered = events.sort_values(EVENT_SECONDS, kind="stable")
+        cut = round(len(ordered) * (1 - holdout))
+        if cut < 1 or cut >= len(ordered):
+            raise InputError("training data: too few events to hold out a validation part")
+        return ordered.iloc[:cut], ordered.iloc[cut:]
+
+    def _require_unsupervised(self) -> None:
+        if self.features_ is None or self.rules_ is None or self.autoencoder_ is None:
+            raise RuntimeError("Detector is not fitted: call fit (or fit_unsupervised) first")
+
+    def _fitted_judge(self) -> Judge:
+        if self.judge_ is None:
+            raise RuntimeError("Detector has no judge yet: call fit (or fit_judge) first")
+        return self.judge_
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
+        """Write the fitted detector: JSON, safetensors and XGBoost JSON, with a manifest."""
+        self._require_unsupervised()
+        assert self.features_ and self.rules_ and self.autoencoder_ and self.error_bounds_
+        weights, autoencoder_meta = self.autoencoder_.to_bytes()
+        state = {
+            "feature_columns": self.feature_columns_,
+            "judge_uses_autoencoder": self.judge_uses_autoencoder_,
+            "threshold": self.threshold_,
+            "error_bounds": {
+                "demote_below": self.error_bounds_.demote_below,
+                "promote_above": self.error_bounds_.promote_above,
+            },
+        }
+        files = {
+            "config.json": _json_bytes(config_to_dict(self.config)),
+            "detector.json": _json_bytes(state),
+            "features.json": _json_bytes(self.features_.to_dict()),
+            "rules.json": _json_bytes(
+                {**self.rules_.to_dict(), "described": self.rules_.describe()}
+            ),
+            "autoencoder.safetensors": weights,
+            "autoencoder.json": autoencoder_meta,
+        }
+        if self.judge_ is not None:
+            files["judge.json"] = self.judge_.to_bytes()
+        manifest = {
+            "package": "hybrid-ad",
+            "package_version": hybrid_ad.__version__,
+            "versions": library_versions(),
+            "config": config_to_dict(self.config),
+            "data_sha256": self.data_sha256_,
+            "seed": self.config.seed,
+            "metrics": metrics,
+        }
+        write_model_dir(directory, files, manifest)
+
+    @classmethod
+    def load(cls, directory: str | Path, progress: ProgressReporter = QUIET) -> Detector:
+        """Load a saved detector after checking every file against the manifest."""
+        manifest, files = read_model_dir(directory)
+        try:
+            config = config_from_dict(_json(files, "config.json"), f"{directory}/config.json")
+            state = _json(files, "detector.json")
+            detector = cls(config, progress)
+            detector.feature_columns_ = list(state["feature_columns"])
+            detector.judge_uses_autoencoder_ = bool(state["judge_uses_autoencoder"])
+            detector.threshold_ = state["threshold"]
+            detector.error_bounds_ = ErrorBounds(**state["error_bounds"])
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{directory}/detector.json: malformed ({exc})") from None
+        detector.features_ = FeatureBuilder.from_dict(
+            config.features, _json(files, "features.json")
+        )
+        detector.rules_ = RuleSet.from_dict(config.rules, _json(files, "rules.json"))
+        detector.autoencoder_ = Autoencoder.from_bytes(
+            config.autoencoder,
+            _file(files, "autoencoder.safetensors"),
+            _json(files, "autoencoder.json"),
+        )
+        if "judge.json" in files:
+            detector.judge_ = Judge.from_bytes(config.judge, files["judge.json"], config.seed)
+        detector.data_sha256_ = manifest.get("data_sha256")
+        return detector
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide whether a saved model reproduces its scores."""
+    import sklearn
+    import torch
+    import xgboost
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "torch": torch.__version__,
+        "xgboost": xgboost.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _file(files: dict[str, bytes], name: str) -> bytes:
+    if name not in files:
+        raise ArtifactError(f"saved model lacks {name}")
+    return files[name]
+
+
+def _json(files: dict[str, bytes], name: str) -> Any:
+    try:
+        return json.loads(_file(files, name))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{name}: not valid JSON") from None

@@ -1,0 +1,144 @@
+"""The judge: gradient-boosted trees (XGBoost `hist`) giving the final anomaly probability.
+
+It sees everything the earlier stages know about an event (features, reconstruction error,
+embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own JSON format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import xgboost as xgb
+
+from hybrid_ad.config import JudgeConfig
+from hybrid_ad.errors import ArtifactError, InputError
+
+RoundCallback = Callable[[int], None]
+"""Called after each boosting round with the round number."""
+
+
+class _RoundProgress(xgb.callback.TrainingCallback):
+    def __init__(self, on_round: RoundCallback) -> None:
+        super().__init__()
+        self.on_round = on_round
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        self.on_round(epoch + 1)
+        return False
+
+
+class Judge:
+    """Binary classifier with early stopping on validation and imbalance weighting."""
+
+    def __init__(self, config: JudgeConfig, seed: int = 0) -> None:
+        self.config = config
+        self.seed = seed
+        self.booster_: xgb.Booster | None = None
+        self.feature_names_: list[str] | None = None
+        self.scale_pos_weight_: float | None = None
+
+    def fit(
+        self,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        validation_inputs: np.ndarray,
+        validation_labels: np.ndarray,
+        feature_names: list[str],
+        on_round: RoundCallback | None = None,
+    ) -> Judge:
+        positives = int(labels.sum())
+        if positives == 0 or positives == len(labels):
+            raise InputError(
+                f"judge: the training labels ({self.config.label_source}) contain only one class; "
+                "check the rules' pseudo_label_threshold or the label column"
+            )
+        if self.config.scale_pos_weight == "auto":
+            self.scale_pos_weight_ = (len(labels) - positives) / positives
+        else:
+            self.scale_pos_weight_ = float(self.config.scale_pos_weight)
+        validation_has_both = 0 < validation_labels.sum() < len(validation_labels)
+        params = {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "eta": self.config.learning_rate,
+            "max_depth": self.config.max_depth,
+            "min_child_weight": self.config.min_child_weight,
+            "subsample": self.config.subsample,
+            "colsample_bytree": self.config.colsample_bytree,
+            "lambda": self.config.reg_lambda,
+            "scale_pos_weight": self.scale_pos_weight_,
+            "eval_metric": self.config.eval_metric if validation_has_both else "logloss",
+            "nthread": self.config.threads,
+            "seed": self.seed,
+        }
+        train = xgb.DMatrix(inputs, label=labels, feature_names=feature_names)
+        validation = xgb.DMatrix(
+            validation_inputs, label=validation_labels, feature_names=feature_names
+        )
+        callbacks = [_RoundProgress(on_round)] if on_round is not None else []
+        self.booster_ = xgb.train(
+            params,
+            train,
+            num_boost_round=self.config.n_estimators,
+            evals=[(validation, "validation")],
+            early_stopping_rounds=self.config.early_stopping_rounds,
+            callbacks=callbacks,
+            verbose_eval=False,
+        )
+        self.feature_names_ = list(feature_names)
+        return self
+
+    def predict_proba(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Probability of the anomaly class, shape (n,), using the best early-stopped round."""
+        booster = self._fitted()
+        booster.set_param({"nthread": threads or self.config.threads})
+        matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
+        best = booster.best_iteration if _has_best(booster) else None
+        rounds = (0, best + 1) if best is not None else (0, 0)
+        return booster.predict(matrix, iteration_range=rounds).astype(np.float64)
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total gain per input, normalised to sum to 1 (unused inputs are 0)."""
+        booster = self._fitted()
+        gains = booster.get_score(importance_type="total_gain")
+        total = sum(gains.values()) or 1.0
+        return {name: float(gains.get(name, 0.0)) / total for name in self.feature_names_ or []}
+
+    @property
+    def best_round(self) -> int:
+        booster = self._fitted()
+        return (
+            int(booster.best_iteration) + 1 if _has_best(booster) else booster.num_boosted_rounds()
+        )
+
+    def _fitted(self) -> xgb.Booster:
+        if self.booster_ is None:
+            raise RuntimeError("Judge used before fit")
+        return self.booster_
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """XGBoost's own JSON model format (no pickle)."""
+        return bytes(self._fitted().save_raw(raw_format="json"))
+
+    @classmethod
+    def from_bytes(cls, config: JudgeConfig, data: bytes, seed: int = 0) -> Judge:
+        judge = cls(config, seed=seed)
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(data))
+        except xgb.core.XGBoostError as exc:
+            raise ArtifactError(f"judge.json: cannot load model ({str(exc)[:200]})") from None
+        judge.booster_ = booster
+        judge.feature_names_ = list(booster.feature_names or [])
+        return judge
+
+
+def _has_best(booster: xgb.Booster) -> bool:
+    try:
+        booster.best_iteration  # noqa: B018 - raises when training had no early stopping
+    except AttributeError:
+        return False
+    return True

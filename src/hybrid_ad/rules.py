@@ -1,0 +1,228 @@
+"""Declarative domain rules: learned thresholds, vectorised evaluation, a reason for every hit.
+
+Rules are data, not code: each condition kind is a small, fixed numpy operation, so a config
+file can never make the evaluator run anything else. Thresholds that refer to the data
+("above the training p99.5") are learned from the training split by `fit` and saved as JSON.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hybrid_ad.config import (
+    Condition,
+    MeanPlusStdRef,
+    QuantileRef,
+    RulesConfig,
+)
+from hybrid_ad.data import EVENT_SECONDS, resolve_columns
+from hybrid_ad.errors import ArtifactError, InputError
+
+SECONDS_PER_DAY = 86_400.0
+
+_COMPARE = {
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+}
+
+
+def hour_of_day(seconds: np.ndarray) -> np.ndarray:
+    """Hour in [0, 24) of event times given in seconds (epoch seconds are read as UTC)."""
+    return np.mod(seconds, SECONDS_PER_DAY) / 3600.0
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """Per-event rule output: which rules hit, the weighted score and the pseudo-label."""
+
+    names: list[str]
+    reasons: list[str]
+    hits: np.ndarray  # (n_events, n_rules) bool
+    score: np.ndarray  # (n_events,) sum of the weights of the rules that hit
+    pseudo_label: np.ndarray  # (n_events,) bool: score >= pseudo_label_threshold
+
+    def hit_names(self) -> list[str]:
+        """For each event, the names of the rules that hit, joined by ';' ('' for none)."""
+        names = np.array(self.names, dtype=object)
+        return [";".join(names[row]) for row in self.hits]
+
+
+class RuleSet:
+    """Domain rules from config, fitted on training data to learn data-relative thresholds."""
+
+    def __init__(self, config: RulesConfig) -> None:
+        self.config = config
+        self.statistics_: dict[str, float] | None = None
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(self, frame: pd.DataFrame) -> RuleSet:
+        """Learn every quantile, mean and standard deviation the rules refer to."""
+        statistics: dict[str, float] = {}
+        for rule in self.config.rules:
+            self._learn(rule.when, frame, statistics, rule.name)
+        self.statistics_ = statistics
+        return self
+
+    def _learn(
+        self, condition: Condition, frame: pd.DataFrame, stats: dict[str, float], rule: str
+    ) -> None:
+        if condition.threshold is not None:
+            spec = condition.threshold
+            values = _column(frame, spec.feature, rule)
+            if isinstance(spec.value, QuantileRef):
+                key = _quantile_key(spec.feature, spec.value.quantile)
+                stats[key] = float(np.quantile(values, spec.value.quantile))
+            elif isinstance(spec.value, MeanPlusStdRef):
+                _learn_moments(values, spec.feature, stats)
+        elif condition.zscore is not None:
+            feature = condition.zscore.feature
+            _learn_moments(_column(frame, feature, rule), feature, stats)
+        elif condition.count_extreme is not None:
+            for feature in _expand(condition.count_extreme.features, frame, rule):
+                _learn_moments(frame[feature].to_numpy(np.float64), feature, stats)
+        else:
+            for child in _children(condition):
+                self._learn(child, frame, stats, rule)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, frame: pd.DataFrame) -> RuleResult:
+        """Evaluate every rule on every event (vectorised)."""
+        if self.statistics_ is None:
+            raise RuntimeError("RuleSet.evaluate called before fit")
+        rules = self.config.rules
+        hits = np.zeros((len(frame), len(rules)), dtype=bool)
+        for index, rule in enumerate(rules):
+            hits[:, index] = self._mask(rule.when, frame, rule.name)
+        weights = np.array([rule.weight for rule in rules])
+        score = hits.astype(np.float64) @ weights
+        return RuleResult(
+            names=[rule.name for rule in rules],
+            reasons=[rule.reason for rule in rules],
+            hits=hits,
+            score=score,
+            pseudo_label=score >= self.config.pseudo_label_threshold,
+        )
+
+    def _mask(self, condition: Condition, frame: pd.DataFrame, rule: str) -> np.ndarray:
+        stats = self.statistics_ or {}
+        if condition.threshold is not None:
+            spec = condition.threshold
+            values = _column(frame, spec.feature, rule)
+            if isinstance(spec.value, QuantileRef):
+                bound = stats[_quantile_key(spec.feature, spec.value.quantile)]
+            elif isinstance(spec.value, MeanPlusStdRef):
+                mean, std = _moments(stats, spec.feature)
+                bound = mean + spec.value.mean_plus_std * std
+            else:
+                bound = spec.value
+            return _COMPARE[spec.op](values, bound)
+        if condition.zscore is not None:
+            spec_z = condition.zscore
+            mean, std = _moments(stats, spec_z.feature)
+            return np.abs(_column(frame, spec_z.feature, rule) - mean) / std > spec_z.abs_above
+        if condition.count_extreme is not None:
+            spec_c = condition.count_extreme
+            count = np.zeros(len(frame), dtype=np.int64)
+            for feature in _expand(spec_c.features, frame, rule):
+                mean, std = _moments(stats, feature)
+                count += (
+                    np.abs(frame[feature].to_numpy(np.float64) - mean) / std > spec_c.abs_z_above
+                )
+            return count >= spec_c.at_least
+        if condition.hour_of_day is not None:
+            hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
+            start, end = condition.hour_of_day.start, condition.hour_of_day.end
+            if start <= end:
+                return (hours >= start) & (hours < end)
+            return (hours >= start) | (hours < end)
+        if condition.all is not None:
+            return np.logical_and.reduce([self._mask(c, frame, rule) for c in condition.all])
+        if condition.any is not None:
+            return np.logical_or.reduce([self._mask(c, frame, rule) for c in condition.any])
+        assert condition.not_ is not None  # guaranteed by Condition's validator
+        return ~self._mask(condition.not_, frame, rule)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each rule with its weight, reason and the thresholds it learned, for people."""
+        stats = self.statistics_ or {}
+        return [
+            {
+                "name": rule.name,
+                "weight": rule.weight,
+                "reason": rule.reason,
+                "learned": {k: v for k, v in stats.items() if _refers_to(rule.when, k)},
+            }
+            for rule in self.config.rules
+        ]
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.statistics_ is None:
+            raise RuntimeError("RuleSet.to_dict called before fit")
+        return {"statistics": self.statistics_}
+
+    @classmethod
+    def from_dict(cls, config: RulesConfig, payload: dict[str, Any]) -> RuleSet:
+        ruleset = cls(config)
+        statistics = payload.get("statistics")
+        if not isinstance(statistics, dict):
+            raise ArtifactError("rules.json: missing learned statistics")
+        ruleset.statistics_ = {str(k): float(v) for k, v in statistics.items()}
+        return ruleset
+
+
+def _children(condition: Condition) -> list[Condition]:
+    if condition.all is not None:
+        return condition.all
+    if condition.any is not None:
+        return condition.any
+    if condition.not_ is not None:
+        return [condition.not_]
+    return []
+
+
+def _refers_to(condition: Condition, key: str) -> bool:
+    feature = key.split(":", 2)[1]
+    if condition.threshold is not None:
+        return condition.threshold.feature == feature
+    if condition.zscore is not None:
+        return condition.zscore.feature == feature
+    if condition.count_extreme is not None:
+        patterns = condition.count_extreme.features
+        return any(fnmatch.fnmatchcase(feature, pattern) for pattern in patterns)
+    return any(_refers_to(child, key) for child in _children(condition))
+
+
+def _column(frame: pd.DataFrame, feature: str, rule: str) -> np.ndarray:
+    if feature not in frame.columns:
+        raise InputError(f"rule '{rule}': no column '{feature}' in the data")
+    return frame[feature].to_numpy(np.float64)
+
+
+def _expand(patterns: list[str], frame: pd.DataFrame, rule: str) -> list[str]:
+    candidates = [column for column in frame.columns if column != EVENT_SECONDS]
+    return resolve_columns(patterns, candidates, f"rule '{rule}'")
+
+
+def _quantile_key(feature: str, quantile: float) -> str:
+    return f"quantile:{feature}:{quantile:g}"
+
+
+def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float]) -> None:
+    std = float(values.std())
+    stats[f"mean:{feature}"] = float(values.mean())
+    stats[f"std:{feature}"] = std if std > 0 else 1.0
+
+
+def _moments(stats: dict[str, float], feature: str) -> tuple[float, float]:
+    return stats[f"mean:{feature}"], stats[f"std:{feature}"]
