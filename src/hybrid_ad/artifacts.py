@@ -125,11 +125,3 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, byt
             raise ArtifactError(f"{path}: checksum mismatch; the file is truncated or was modified")
         files[name] = data
     return manifest, files
-
-
-def update_manifest(directory: str | Path, **fields: Any) -> None:
-    """Add or replace top-level manifest fields (e.g. metrics after evaluation), atomically."""
-    manifest_path = Path(directory) / MANIFEST
-    manifest, _ = read_model_dir(directory)
-    manifest.update(fields)
-    atomic_write_json(manifest_path, manifest)

@@ -208,3 +208,21 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write CSV, CSV.gz or Parquet (by suffix) atomically, without the index."""
+    from hybrid_ad.artifacts import atomic_write_with
+
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        atomic_write_with(path, lambda temp: frame.to_parquet(temp, index=False))
+    elif name.endswith((".csv", ".csv.gz")):
+        compression = "gzip" if name.endswith(".gz") else None
+        atomic_write_with(
+            path, lambda temp: frame.to_csv(temp, index=False, compression=compression)
+        )
+    else:
+        kinds = ", ".join(SUPPORTED_SUFFIXES)
+        raise InputError(f"{path}: unsupported output type; use one of {kinds}")

@@ -199,6 +199,22 @@ class Detector:
         names += [f"rule_{name}" for name in outputs.rules.names] + ["rule_score"]
         return np.hstack([np.asarray(part, dtype=np.float32) for part in parts]), names
 
+    def feature_importance(self) -> dict[str, float]:
+        """The judge's normalised total gain per input."""
+        return self._fitted_judge().feature_importance()
+
+    def training_summary(self) -> dict[str, Any]:
+        """How long each model trained, for the report and the manifest."""
+        self._require_unsupervised()
+        assert self.autoencoder_ is not None
+        history = self.autoencoder_.history_
+        return {
+            "autoencoder_epochs": len(history),
+            "autoencoder_best_validation_loss": min(h["validation_loss"] for h in history),
+            "judge_best_round": self._fitted_judge().best_round,
+            "judge_scale_pos_weight": self._fitted_judge().scale_pos_weight_,
+        }
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _events(

@@ -1,0 +1,195 @@
+"""The `hybrid-ad` command line: the whole job (`run`) and each of its steps.
+
+Errors a user can fix are printed as one line on stderr with exit code 2; nothing else
+escapes as a traceback unless it is a bug.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hybrid_ad import pipeline
+from hybrid_ad.config import Config, load_config
+from hybrid_ad.errors import HybridADError
+from hybrid_ad.progress import ProgressReporter
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hybrid anomaly detection: domain rules, an autoencoder and an XGBoost judge.",
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="Event file (CSV, CSV.gz, Parquet); default: data.path."),
+]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Artifact directory; default: artifacts.out_dir.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(command: F) -> F:
+    """Turn the package's errors into one line on stderr and exit code 2."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except HybridADError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup(
+    config_path: Path, out: Path | None, quiet: bool
+) -> tuple[Config, Path, ProgressReporter]:
+    config = load_config(config_path)
+    return config, out or config.artifacts.out_dir, ProgressReporter(enabled=not quiet)
+
+
+@app.command()
+@_user_errors
+def run(
+    config: ConfigOption = Path("config/config.yaml"),
+    data: DataOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fit every stage, evaluate them on the test split, write the report, save the model."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    metrics = pipeline.run(settings, data, out_dir, progress)
+    _print_summary(metrics, out_dir, quiet)
+
+
+@app.command("train-ae")
+@_user_errors
+def train_ae(
+    config: ConfigOption = Path("config/config.yaml"),
+    data: DataOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fit rules, scaling and the autoencoder; save them to OUT/model (no judge yet)."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    loaded = pipeline.load_data(settings, data)
+    pipeline.train_autoencoder_step(settings, loaded, out_dir, progress)
+    progress.log(f"saved label-free stages to {out_dir / pipeline.MODEL_DIR}")
+
+
+@app.command()
+@_user_errors
+def embed(
+    config: ConfigOption = Path("config/config.yaml"),
+    data: DataOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    loaded = pipeline.load_data(settings, data)
+    detector = pipeline.load_trained(out_dir, loaded)
+    for path in pipeline.embed_step(detector, loaded, out_dir):
+        progress.log(f"wrote {path}")
+
+
+@app.command("train-judge")
+@_user_errors
+def train_judge(
+    config: ConfigOption = Path("config/config.yaml"),
+    data: DataOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fit the judge on top of the saved label-free stages and save the whole detector."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    loaded = pipeline.load_data(settings, data)
+    detector = pipeline.load_trained(out_dir, loaded)
+    detector.progress = progress
+    pipeline.train_judge_step(detector, loaded, out_dir)
+    progress.log(f"saved detector to {out_dir / pipeline.MODEL_DIR}")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    config: ConfigOption = Path("config/config.yaml"),
+    data: DataOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Compare every stage on the test split; write metrics.json and the HTML report."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    loaded = pipeline.load_data(settings, data)
+    detector = pipeline.load_trained(out_dir, loaded)
+    detector.progress = progress
+    metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
+    pipeline.save_evaluated(detector, out_dir, metrics)
+    pipeline.write_metrics(out_dir, metrics)
+    _print_summary(metrics, out_dir, quiet)
+
+
+@app.command()
+@_user_errors
+def score(
+    model: Annotated[Path, typer.Option("--model", help="Saved model directory (OUT/model).")],
+    input: Annotated[Path, typer.Option("--input", help="Events to score.")],
+    output: Annotated[Path, typer.Option("--output", help="CSV, CSV.gz or Parquet to write.")],
+    quiet: QuietOption = False,
+) -> None:
+    """Score events with a saved model: one output row per input row, in input order."""
+    progress = ProgressReporter(enabled=not quiet)
+    rows = pipeline.score_file(model, input, output, progress)
+    progress.log(f"scored {rows:,} events -> {output}")
+
+
+@app.command()
+@_user_errors
+def download(
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Where to keep the downloaded file.")
+    ] = Path("data/cache"),
+    quiet: QuietOption = False,
+) -> None:
+    """Fetch OpenML `creditcard` (id 1597) into a local cache."""
+    from hybrid_ad.download import download_creditcard
+
+    path = download_creditcard(cache_dir, ProgressReporter(enabled=not quiet))
+    stdout.print(str(path))
+
+
+def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
+    from hybrid_ad.report import markdown_table
+
+    sys.stdout.write(markdown_table(metrics) + "\n")
+    if not quiet:
+        stderr.print(f"report: {out_dir / pipeline.REPORTS_DIR / 'index.html'}")
+        stderr.print(f"model:  {out_dir / pipeline.MODEL_DIR}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="hybrid-ad")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The batch job: load, split, fit, evaluate every stage, report, save.
+
+Each step of the command line (`train-ae`, `embed`, `train-judge`, `evaluate`) is one function
+here reading and writing the same artifact directory, and `run` calls them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
+from hybrid_ad.config import Config
+from hybrid_ad.data import (
+    Split,
+    file_sha256,
+    read_table,
+    time_split,
+    validate_events,
+    write_table,
+)
+from hybrid_ad.detector import Detector
+from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.evaluation import choose_threshold, operating_point, stage_metrics
+from hybrid_ad.progress import ProgressReporter
+from hybrid_ad.report import write_report
+
+MODEL_DIR = "model"
+REPORTS_DIR = "reports"
+EMBEDDINGS_DIR = "embeddings"
+SCORE_CHUNK = 50_000
+
+
+class Timer:
+    """Wall time per named step, for `timings_s` in metrics.json."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    split: Split
+    sha256: str
+    path: Path
+
+
+def load_data(config: Config, data_path: Path | None) -> LoadedData:
+    """Read and validate the event file once, then cut the time-ordered split."""
+    path = Path(data_path or config.data.path)
+    events, _ = validate_events(read_table(path), config.data, str(path))
+    return LoadedData(time_split(events, config.data.split), file_sha256(path), path)
+
+
+def train_autoencoder_step(
+    config: Config, data: LoadedData, out_dir: Path, progress: ProgressReporter
+) -> Detector:
+    """Fit rules, scaler and autoencoder; save the partial detector (no judge yet)."""
+    detector = Detector(config, progress)
+    detector.fit_unsupervised(data.split.train, data.split.validation)
+    detector.data_sha256_ = data.sha256
+    detector.save(out_dir / MODEL_DIR)
+    return detector
+
+
+def embed_step(detector: Detector, data: LoadedData, out_dir: Path) -> list[Path]:
+    """Write reconstruction error and latent coordinates of every split part as Parquet."""
+    written = []
+    for part in ("train", "validation", "test"):
+        frame = getattr(data.split, part)
+        embedding = detector.embed(frame, source=f"{data.path} ({part})")
+        path = out_dir / EMBEDDINGS_DIR / f"{part}.parquet"
+        atomic_write_with(path, lambda temp, table=embedding: table.to_parquet(temp))
+        written.append(path)
+    return written
+
+
+def train_judge_step(detector: Detector, data: LoadedData, out_dir: Path) -> Detector:
+    """Fit the judge on top of the saved label-free stages and save the whole detector."""
+    detector.fit_judge(data.split.train, data.split.validation)
+    detector.save(out_dir / MODEL_DIR)
+    return detector
+
+
+def evaluate_step(
+    detector: Detector,
+    data: LoadedData,
+    out_dir: Path,
+    timer: Timer,
+    progress: ProgressReporter,
+) -> dict[str, Any]:
+    """Compare every stage on the test split, write metrics.json and the report."""
+    config = detector.config
+    label = config.data.label
+    if label is None or label not in data.split.test.columns:
+        raise InputError(f"{data.path}: evaluation needs the label column (data.label)")
+    with timer.step("fit_ablation"):
+        ablation = detector.without_autoencoder_inputs(data.split.train, data.split.validation)
+    with timer.step("score"):
+        validation_scores = _stage_scores(detector, ablation, data.split.validation)
+        test_scores = _stage_scores(detector, ablation, data.split.test)
+        rule_alerts = detector.stage_outputs(data.split.test).rules.pseudo_label
+    validation_labels = data.split.validation[label].to_numpy(np.int8)
+    test_labels = data.split.test[label].to_numpy(np.int8)
+    stages: dict[str, Any] = {}
+    for name, scores in test_scores.items():
+        threshold, policy = choose_threshold(
+            validation_labels, validation_scores[name], config.evaluation
+        )
+        stages[name] = {
+            **stage_metrics(test_labels, scores, threshold, config.evaluation.precision_at_k),
+            "threshold_policy": policy,
+        }
+    detector.threshold_ = stages["judge"]["threshold"]
+    learned = {"autoencoder", "judge", "judge_without_autoencoder"}
+    metrics = {
+        "stages": stages,
+        "operating_point": operating_point(
+            test_labels,
+            rule_alerts,
+            {name: scores for name, scores in test_scores.items() if name in learned},
+        ),
+        "split": data.split.summary(label),
+        "label_source": config.judge.label_source,
+        "data": {"path": str(data.path), "sha256": data.sha256},
+        "training": detector.training_summary(),
+        "seed": config.seed,
+        "timings_s": timer.timings,
+    }
+    reports = out_dir / REPORTS_DIR
+    if config.evaluation.report:
+        with timer.step("report"):
+            write_report(
+                reports,
+                metrics,
+                test_labels,
+                test_scores,
+                test_scores["autoencoder"],
+                detector.feature_importance(),
+            )
+    return metrics
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
+    path = out_dir / REPORTS_DIR / "metrics.json"
+    atomic_write_json(path, metrics)
+    return path
+
+
+def _stage_scores(
+    detector: Detector, ablation: Detector, frame: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    scored = detector.score(frame)
+    return {
+        "rules": scored["rule_score"].to_numpy(),
+        "autoencoder": scored["reconstruction_error"].to_numpy(),
+        "judge": scored["score"].to_numpy(),
+        "judge_without_autoencoder": ablation.score(frame)["score"].to_numpy(),
+    }
+
+
+def run(
+    config: Config, data_path: Path | None, out_dir: Path, progress: ProgressReporter
+) -> dict[str, Any]:
+    """Everything: fit all stages, evaluate them, write the report, save the detector."""
+    timer = Timer()
+    with timer.step("load"):
+        data = load_data(config, data_path)
+    split = data.split
+    progress.log(
+        f"loaded {data.path}: train {len(split.train):,}, validation {len(split.validation):,}, "
+        f"test {len(split.test):,} events"
+    )
+    detector = Detector(config, progress)
+    with timer.step("fit_unsupervised"):
+        detector.fit_unsupervised(data.split.train, data.split.validation)
+    with timer.step("fit_judge"):
+        detector.fit_judge(data.split.train, data.split.validation)
+    detector.data_sha256_ = data.sha256
+    metrics = evaluate_step(detector, data, out_dir, timer, progress)
+    with timer.step("save"):
+        save_evaluated(detector, out_dir, metrics)
+    write_metrics(out_dir, metrics)
+    return metrics
+
+
+def load_trained(out_dir: Path, data: LoadedData | None = None) -> Detector:
+    """Load the detector saved by an earlier step, checking it was trained on this data."""
+    detector = Detector.load(out_dir / MODEL_DIR)
+    if data is not None and detector.data_sha256_ not in (None, data.sha256):
+        raise ArtifactError(
+            f"{data.path}: not the data the model in {out_dir / MODEL_DIR} was trained on "
+            "(sha256 differs); pass the same --data"
+        )
+    return detector
+
+
+def save_evaluated(detector: Detector, out_dir: Path, metrics: dict[str, Any]) -> None:
+    """Record the chosen threshold and the metrics in the saved model."""
+    detector.save(out_dir / MODEL_DIR, metrics=_manifest_metrics(metrics))
+
+
+def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: metrics[key] for key in ("stages", "operating_point", "split", "label_source")}
+
+
+def score_file(
+    model_dir: Path, input_path: Path, output_path: Path, progress: ProgressReporter
+) -> int:
+    """Batch-score a file with a saved model; returns the number of events scored."""
+    detector = Detector.load(model_dir)
+    frame = read_table(input_path)
+    events, _ = validate_events(frame, detector.config.data, str(input_path))
+    parts = []
+    with progress.task("scoring", len(events)) as advance:
+        for start in range(0, len(events), SCORE_CHUNK):
+            chunk = events.iloc[start : start + SCORE_CHUNK]
+            parts.append(detector.score(chunk, source=str(input_path)))
+            advance(start + len(chunk), "")
+    write_table(pd.concat(parts), output_path)
+    return len(events)
