@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
@@ -176,7 +177,7 @@ class Autoencoder:
         try:
             network = _Network(int(metadata["n_inputs"]), config)
             network.load_state_dict(load_safetensors(weights))
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, SafetensorError) as exc:
             raise ArtifactError(f"autoencoder.safetensors: cannot load weights ({exc})") from None
         network.eval()
         model.network_, model.n_inputs_ = network, int(metadata["n_inputs"])

@@ -1,0 +1,112 @@
+"""Features, autoencoder and judge, each on its own."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hybrid_ad.autoencoder import Autoencoder
+from hybrid_ad.config import AutoencoderConfig, DataConfig, FeaturesConfig, JudgeConfig
+from hybrid_ad.data import validate_events
+from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.features import FeatureBuilder
+from hybrid_ad.judge import Judge
+
+
+def test_scaler_uses_training_rows_only(events: pd.DataFrame) -> None:
+    validated, columns = validate_events(events, DataConfig(), "x")
+    train, rest = validated.iloc[:2000], validated.iloc[2000:]
+    builder = FeatureBuilder(FeaturesConfig()).fit(train, columns)
+    matrix = builder.transform(train)
+    z = matrix.scaled[:, : len(columns)]
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-4)
+    amount = columns.index("Amount")
+    expected = (np.log1p(rest["Amount"].to_numpy()) - builder.mean_[amount]) / builder.std_[amount]
+    np.testing.assert_allclose(builder.transform(rest).scaled[:, amount], expected, rtol=1e-5)
+    assert matrix.scaled_names[-2:] == ["hour_sin", "hour_cos"]
+    assert matrix.engineered.shape == (2000, 3)
+
+
+def test_log_scale_of_unknown_column_is_an_error(events: pd.DataFrame) -> None:
+    validated, columns = validate_events(events, DataConfig(), "x")
+    with pytest.raises(InputError, match="features.log_scale: 'Balance'"):
+        FeatureBuilder(FeaturesConfig(log_scale=["Balance"])).fit(validated, columns)
+
+
+def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(3, 10))
+    normal = rng.normal(size=(3000, 3)) @ basis + 0.05 * rng.normal(size=(3000, 10))
+    odd = rng.normal(size=(50, 10)) * 2
+    return normal[:2500], normal[2500:], odd
+
+
+def test_autoencoder_separates_off_manifold_points_and_is_deterministic() -> None:
+    train, validation, odd = _blobs()
+    config = AutoencoderConfig(
+        hidden_layers=[16],
+        latent_dim=3,
+        max_epochs=15,
+        batch_size=64,
+        learning_rate=0.01,
+        threads=1,
+    )
+    first = Autoencoder(config, seed=3).fit(train, validation)
+    second = Autoencoder(config, seed=3).fit(train, validation)
+    normal_error, normal_latent = first.transform(validation)
+    odd_error, _ = first.transform(odd)
+    assert np.median(odd_error) > 10 * np.median(normal_error)
+    assert normal_latent.shape == (500, 3)
+    np.testing.assert_array_equal(normal_error, second.reconstruction_error(validation))
+    weights, meta = first.to_bytes()
+    import json
+
+    restored = Autoencoder.from_bytes(config, weights, json.loads(meta))
+    np.testing.assert_array_equal(restored.reconstruction_error(odd), odd_error)
+
+
+def test_autoencoder_early_stopping_keeps_best_epoch() -> None:
+    train, validation, _ = _blobs(1)
+    config = AutoencoderConfig(
+        hidden_layers=[8],
+        latent_dim=2,
+        max_epochs=200,
+        patience=2,
+        batch_size=64,
+        learning_rate=0.02,
+    )
+    model = Autoencoder(config, seed=0).fit(train, validation)
+    losses = [h["validation_loss"] for h in model.history_]
+    assert len(losses) < 200
+    assert model.reconstruction_error(validation).mean() == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_autoencoder_rejects_corrupt_weights() -> None:
+    with pytest.raises(ArtifactError, match="autoencoder.safetensors"):
+        Autoencoder.from_bytes(AutoencoderConfig(), b"not tensors", {"n_inputs": 4})
+
+
+def test_judge_learns_weights_imbalance_and_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(3000, 4)).astype(np.float32)
+    labels = (inputs[:, 0] + 0.3 * rng.normal(size=3000) > 2.2).astype(np.int8)
+    config = JudgeConfig(n_estimators=60, early_stopping_rounds=10, threads=1)
+    judge = Judge(config, seed=1).fit(
+        inputs[:2000], labels[:2000], inputs[2000:], labels[2000:], ["a", "b", "c", "d"]
+    )
+    assert judge.scale_pos_weight_ == pytest.approx(
+        (2000 - labels[:2000].sum()) / labels[:2000].sum()
+    )
+    probability = judge.predict_proba(inputs[2000:])
+    assert probability[labels[2000:] == 1].mean() > 0.5 > probability[labels[2000:] == 0].mean()
+    importance = judge.feature_importance()
+    assert max(importance, key=importance.get) == "a"
+    restored = Judge.from_bytes(config, judge.to_bytes())
+    np.testing.assert_array_equal(restored.predict_proba(inputs[2000:]), probability)
+    assert restored.best_round == judge.best_round
+
+
+def test_judge_refuses_single_class_labels() -> None:
+    inputs = np.zeros((10, 2), dtype=np.float32)
+    with pytest.raises(InputError, match="only one class"):
+        Judge(JudgeConfig()).fit(inputs, np.zeros(10), inputs, np.zeros(10), ["a", "b"])
