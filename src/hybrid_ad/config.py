@@ -160,14 +160,16 @@ class AutoencoderConfig(StrictModel):
     latent_dim: int = Field(16, ge=1)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(512, ge=1)
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without validation improvement")
+    batch_size: int = Field(1024, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
-    threads: int = Field(2, ge=1)
+    threads: int = Field(
+        1, ge=1, description="torch threads; small dense layers run fastest on one"
+    )
 
     @field_validator("hidden_layers")
     @classmethod
