@@ -185,7 +185,7 @@ class PseudoLabelConfig(StrictModel):
     Quantiles are of the reconstruction error of training rows the rules call normal.
     """
 
-    demote_below_quantile: float = Field(0.5, ge=0, le=1)
+    demote_below_quantile: float = Field(0.999, ge=0, le=1)
     promote_above_quantile: float = Field(0.999, ge=0, le=1)
 
 
