@@ -1,0 +1,436 @@
+"""Behavioural features: batch and live engines agree, and each feature means what the docs say."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from hybrid_ad.behavioural import (
+    BehaviouralConfig,
+    FeatureState,
+    LabelRiskConfig,
+    behavioural_config_from_dict,
+    compute_batch,
+    feature_names,
+    parse_duration,
+)
+from hybrid_ad.errors import ConfigError, InputError
+
+TOL = {"rtol": 1e-9, "atol": 1e-9}
+ALL_AGGREGATES = ["count", "sum", "mean", "std", "min", "max", "ratio_to_mean"]
+
+
+def frame_of(times, customers=None, amounts=None, labels=None, terminals=None) -> pd.DataFrame:
+    n = len(times)
+    return pd.DataFrame(
+        {
+            "time": np.asarray(times, dtype=float),
+            "customer": customers if customers is not None else ["a"] * n,
+            "terminal": terminals if terminals is not None else [0] * n,
+            "amount": np.asarray(amounts if amounts is not None else [1.0] * n, dtype=float),
+            "label": labels if labels is not None else [0] * n,
+        }
+    )
+
+
+def live(config: BehaviouralConfig, frame: pd.DataFrame, label: str | None = "label"):
+    state = FeatureState(config, label if config.label_risk else None)
+    return state, state.update_many(frame)
+
+
+def row(frame: pd.DataFrame, index: int) -> dict[str, float]:
+    return frame.iloc[index].to_dict()
+
+
+# --- parity: property-based ---------------------------------------------------------------------
+
+CONFIGS = [
+    BehaviouralConfig(
+        entity_keys=["customer", "terminal"],
+        windows=["10s", "1m"],
+        last_n=[1, 3],
+        values=["amount"],
+        aggregates=ALL_AGGREGATES,
+        session_gap="30s",
+        label_risk=LabelRiskConfig(window="1m", delay="20s"),
+        entity_ttl="5m",
+    ),
+    BehaviouralConfig(
+        entity_keys=[],
+        windows=["5s"],
+        last_n=[2],
+        values=["amount", "other"],
+        aggregates=["count", "mean", "std", "ratio_to_mean"],
+        session_gap=None,
+        time_since_previous=False,
+        entity_ttl=None,
+    ),
+    BehaviouralConfig(
+        entity_keys=["customer"],
+        windows=["30s", "90s"],
+        last_n=[],
+        values=["amount"],
+        aggregates=["sum", "min", "max", "std"],
+        session_gap="15s",
+        label_risk=LabelRiskConfig(window="45s", delay="5s"),
+        entity_ttl="2m",  # shorter than many gaps: entities are forgotten and restart
+    ),
+]
+
+gaps = st.one_of(
+    st.just(0.0),  # ties
+    st.floats(0.0, 3.0, allow_nan=False),  # bursts
+    st.integers(0, 40).map(float),  # within windows
+    st.sampled_from([10.0, 60.0, 90.0, 300.0, 1000.0]),  # exactly on a boundary, or beyond all
+)
+amounts = st.one_of(
+    st.integers(-5, 5).map(float),  # repeats and zeros: ratio fills, zero std
+    st.floats(-1e3, 1e4, allow_nan=False).map(lambda v: round(v, 2)),
+    st.sampled_from([1e6, 1e6 + 0.01, 1e6 + 0.02]),  # near-constant large values: cancellation
+)
+
+
+@st.composite
+def streams(draw) -> pd.DataFrame:
+    n = draw(st.integers(1, 60))
+    n_customers = draw(st.sampled_from([1, 2, 4, 12]))
+    start = draw(st.sampled_from([0.0, 1.7e9]))  # epoch-sized times round differently
+    times = start + np.cumsum(draw(st.lists(gaps, min_size=n, max_size=n)))
+    return pd.DataFrame(
+        {
+            "time": times,
+            "customer": draw(st.lists(st.integers(0, n_customers - 1), min_size=n, max_size=n)),
+            "terminal": draw(st.lists(st.sampled_from(["t1", "t2"]), min_size=n, max_size=n)),
+            "amount": draw(st.lists(amounts, min_size=n, max_size=n)),
+            "other": draw(st.lists(amounts, min_size=n, max_size=n)),
+            "label": draw(
+                st.lists(st.sampled_from([0.0, 0.0, 1.0, math.nan]), min_size=n, max_size=n)
+            ),
+        },
+        index=pd.RangeIndex(100, 100 + n),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=streams(), which=st.integers(0, len(CONFIGS) - 1))
+def test_batch_and_live_agree(frame: pd.DataFrame, which: int) -> None:
+    config = CONFIGS[which]
+    batch = compute_batch(frame, config, "time", "label")
+    state, many = live(config, frame)
+    assert list(batch.columns) == feature_names(config) == list(many.columns)
+    assert batch.index.equals(frame.index) and many.index.equals(frame.index)
+    assert not state.dead_letters
+    assert np.isfinite(batch.to_numpy()).all()
+    np.testing.assert_allclose(many.to_numpy(), batch.to_numpy(), **TOL)
+    one_by_one = FeatureState(config, "label" if config.label_risk else None)
+    rows = [one_by_one.update(event) for event in frame.to_dict("records")]
+    assert np.array_equal(pd.DataFrame(rows).to_numpy(), many.to_numpy())
+
+
+@settings(max_examples=80, deadline=None)
+@given(frame=streams(), cut=st.floats(0.0, 1.0))
+def test_restored_state_continues_identically(frame: pd.DataFrame, cut: float) -> None:
+    config = CONFIGS[0]
+    split = int(len(frame) * cut)
+    whole = FeatureState(config, "label").update_many(frame)
+    first = FeatureState(config, "label")
+    head = first.update_many(frame.iloc[:split])
+    restored = FeatureState.from_dict(json.loads(json.dumps(first.to_dict(), allow_nan=False)))
+    tail = restored.update_many(frame.iloc[split:])
+    assert np.array_equal(pd.concat([head, tail]).to_numpy(), whole.to_numpy())
+
+
+# --- hand-computed examples ---------------------------------------------------------------------
+
+WINDOW = BehaviouralConfig(
+    windows=["1m"], last_n=[2], values=["amount"], aggregates=ALL_AGGREGATES, session_gap=None
+)
+
+
+def both(config: BehaviouralConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    batch = compute_batch(frame, config, "time", "label")
+    _, many = live(config, frame)
+    np.testing.assert_allclose(many.to_numpy(), batch.to_numpy(), **TOL)
+    return batch
+
+
+def test_window_is_history_before_the_event_with_ties_in_arrival_order() -> None:
+    out = both(WINDOW, frame_of([0, 0, 60, 60.5], amounts=[10, 20, 30, 40]))
+    first, tie, edge, past = (row(out, i) for i in range(4))
+    assert first["global__count_1m"] == 0  # the current event is never in its own window
+    assert tie["global__count_1m"] == 1 and tie["global__amount_mean_1m"] == 10
+    # t - w = 0 exactly: both events at 0 are inside [t - w, t]
+    assert edge["global__count_1m"] == 2 and edge["global__amount_mean_1m"] == 15
+    assert edge["global__amount_std_1m"] == 5  # population std of 10, 20
+    assert edge["global__amount_ratio_to_mean_1m"] == 2  # 30 / 15
+    assert (edge["global__amount_min_1m"], edge["global__amount_max_1m"]) == (10, 20)
+    # at 60.5 the events at 0 have left; only the one at 60 is left
+    assert past["global__count_1m"] == 1 and past["global__amount_sum_1m"] == 30
+    assert past["global__amount_std_1m"] == 0  # fewer than 2 events
+    assert past["global__count_last2"] == 2 and past["global__amount_mean_last2"] == 25
+
+
+def test_new_entity_gets_documented_fills() -> None:
+    config = WINDOW.model_copy(update={"entity_keys": ["customer"], "session_gap": "30m"})
+    out = both(config, frame_of([0, 1], customers=["a", "b"], amounts=[5, 7]))
+    fresh = row(out, 1)
+    for name in feature_names(config):
+        if "ratio_to_mean" in name:
+            assert fresh[name] == 1.0, name
+        elif name == "customer__seconds_since_previous":
+            assert fresh[name] == parse_duration("60d")  # the entity_ttl
+        else:
+            assert fresh[name] == 0.0, name
+
+
+def test_session_resets_after_the_inactivity_gap() -> None:
+    config = BehaviouralConfig(windows=[], last_n=[], values=["amount"], session_gap="30s")
+    out = both(config, frame_of([0, 10, 40, 71, 75], amounts=[1, 2, 4, 8, 16]))
+    sessions = out[["global__session_events", "global__session_seconds"]].to_numpy().tolist()
+    assert sessions == [[0, 0], [1, 10], [2, 40], [0, 0], [1, 4]]  # 40 -> 71 is a 31 s gap
+    assert out["global__session_amount_sum"].tolist() == [0, 1, 3, 0, 8]
+    assert out["global__seconds_since_previous"].tolist() == [parse_duration("60d"), 10, 30, 31, 4]
+
+
+def test_label_risk_sees_only_labels_known_before_the_event() -> None:
+    config = BehaviouralConfig(
+        windows=[], last_n=[], session_gap=None, time_since_previous=False,
+        label_risk=LabelRiskConfig(window="100s", delay="10s"),
+    )  # fmt: skip
+    times = [0, 5, 12, 15, 15, 111]
+    labels = [1, 0, 1, None, 1, 0]
+    out = both(config, frame_of(times, labels=labels))
+    rate = out["global__label_rate_100s_delay10s"].tolist()
+    seen = out["global__labelled_events_100s_delay10s"].tolist()
+    # at 12: labels of events up to 2 s (only t=0) are known; at 15: up to 5 s (t=0, t=5);
+    # the label of t=12 is never visible before 22; at 111 the window is (1, 101]: 5, 12, 15, 15
+    # (the None label is unknown, not normal)
+    assert seen == [0, 0, 1, 2, 2, 3]
+    assert rate == [0, 0, 1, 0.5, 0.5, pytest.approx(2 / 3)]
+
+
+def test_label_of_the_event_itself_is_never_used() -> None:
+    config = BehaviouralConfig(
+        windows=["1h"], session_gap=None, label_risk=LabelRiskConfig(window="1h", delay="1s")
+    )
+    frame = frame_of([0, 0, 0], labels=[1, 1, 1])
+    a = compute_batch(frame, config, "time", "label")
+    b = compute_batch(frame.assign(label=[0, 0, 0]), config, "time", "label")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_idle_entities_are_evicted_and_restart_afresh() -> None:
+    config = BehaviouralConfig(
+        entity_keys=["customer"], windows=["1m"], values=["amount"], session_gap=None,
+        entity_ttl="2m",
+    )  # fmt: skip
+    frame = frame_of([0, 10, 200, 400], customers=["a", "a", "b", "a"], amounts=[1, 2, 3, 4])
+    state = FeatureState(config)
+    state.update_many(frame.iloc[:3])
+    assert state.n_entities == 1 and state.evicted == 1  # "a" idle for 190 s > 120 s
+    out = both(config, frame)
+    back = row(out, 3)
+    assert back["customer__count_last10"] == 0  # forgotten: its last-10 history is gone too
+    assert back["customer__seconds_since_previous"] == 120  # the documented fill: entity_ttl
+
+
+def test_too_late_events_become_dead_letters_and_nothing_else_changes() -> None:
+    config = BehaviouralConfig(
+        windows=["1m"], values=["amount"], session_gap="30s", allowed_lateness="10s"
+    )
+    on_time = frame_of([100, 110, 120], amounts=[1, 2, 3])
+    with_late = pd.concat([on_time.iloc[:2], frame_of([95], amounts=[99])]).iloc[[0, 1, 2]]
+    with_late = pd.concat([with_late, on_time.iloc[2:]], ignore_index=True)
+    state = FeatureState(config)
+    out = state.update_many(with_late)
+    assert [letter.event["amount"] for letter in state.dead_letters] == [99]
+    assert "late" in state.dead_letters[0].reason
+    assert out.index.tolist() == [0, 1, 3]
+    expected = FeatureState(config).update_many(on_time)
+    np.testing.assert_array_equal(out.to_numpy(), expected.to_numpy())
+    assert state.update({"time": 50.0, "amount": 1.0}) is None and len(state.dead_letters) == 2
+
+
+def test_late_event_within_lateness_is_accepted() -> None:
+    config = BehaviouralConfig(
+        entity_keys=["customer"], windows=["1m"], values=["amount"], allowed_lateness="10s"
+    )
+    state = FeatureState(config)
+    state.update({"time": 100.0, "customer": "a", "amount": 1.0})
+    late = state.update({"time": 95.0, "customer": "b", "amount": 2.0})
+    older = state.update({"time": 92.0, "customer": "b", "amount": 3.0})
+    assert late is not None and older is not None and not state.dead_letters
+    assert older["customer__count_1m"] == 1  # kept in its entity's order, at time 95
+    assert older["customer__seconds_since_previous"] == 0
+
+
+def test_malformed_live_events_are_dead_letters() -> None:
+    config = BehaviouralConfig(entity_keys=["customer"], values=["amount"])
+    state = FeatureState(config)
+    assert state.update({"time": 1.0, "amount": 2.0}) is None
+    assert state.update({"time": 1.0, "customer": "a", "amount": math.inf}) is None
+    assert state.update({"time": 1.0, "customer": None, "amount": 1.0}) is None
+    assert [letter.reason for letter in state.dead_letters] == [
+        "missing column 'customer'",
+        "value column 'amount' is inf, not a finite number",
+        "entity column 'customer' is missing",
+    ]
+    assert state.n_entities == 0
+
+
+def test_save_and_load_use_json(tmp_path) -> None:
+    config = CONFIGS[0]
+    frame = frame_of([0, 5, 30, 31, 80, 200], customers=list("ababab"), amounts=[1, 2, 3, 4, 5, 6])
+    state = FeatureState(config, "label")
+    state.update_many(frame.iloc[:4])
+    path = tmp_path / "state.json"
+    state.save(path)
+    json.loads(path.read_text())  # plain JSON: no pickle anywhere
+    restored = FeatureState.load(path)
+    pd.testing.assert_frame_equal(
+        restored.update_many(frame.iloc[4:]), state.update_many(frame.iloc[4:])
+    )
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_entity_column_is_named() -> None:
+    config = BehaviouralConfig(entity_keys=["card"])
+    with pytest.raises(InputError) as caught:
+        compute_batch(frame_of([0, 1]), config, "time")
+    assert "'card'" in one_line(caught.value)
+    with pytest.raises(InputError, match="'card'"):
+        FeatureState(config).update_many(frame_of([0, 1]))
+
+
+def test_unknown_value_column_is_named() -> None:
+    with pytest.raises(InputError) as caught:
+        compute_batch(frame_of([0]), BehaviouralConfig(values=["price"]), "time")
+    assert "value column 'price'" in one_line(caught.value)
+
+
+def test_unsorted_times_name_column_and_row() -> None:
+    frame = frame_of([0, 5, 3, 1])
+    with pytest.raises(InputError) as caught:
+        compute_batch(frame, BehaviouralConfig(), "time")
+    message = one_line(caught.value)
+    assert "'time'" in message and "row 2" in message
+
+
+def test_bad_window_spec_is_a_one_line_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        behavioural_config_from_dict({"windows": ["1h", "5 parsecs"]})
+    assert "5 parsecs" in one_line(caught.value) and "windows" in str(caught.value)
+    with pytest.raises(ValidationError, match="5 parsecs"):
+        BehaviouralConfig(windows=["5 parsecs"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"colour": "blue"},
+        {"last_n": [0]},
+        {"windows": ["1h", "60m"]},
+        {"entity_ttl": "1h", "windows": ["1d"]},
+        {"label_risk": {"window": "1d", "delay": "0s"}},
+        {"session_gap": "-5m"},
+    ],
+)
+def test_other_bad_configs_are_one_line_errors(raw) -> None:
+    with pytest.raises(ConfigError) as caught:
+        behavioural_config_from_dict(raw)
+    one_line(caught.value)
+
+
+def test_label_risk_needs_a_label_column() -> None:
+    config = BehaviouralConfig(label_risk=LabelRiskConfig())
+    with pytest.raises(InputError, match="label"):
+        compute_batch(frame_of([0]), config, "time")
+    with pytest.raises(ConfigError, match="label"):
+        FeatureState(config)
+    with pytest.raises(InputError) as caught:
+        compute_batch(frame_of([0], labels=[2]), config, "time", "label")
+    assert "'label'" in one_line(caught.value)
+
+
+def test_durations() -> None:
+    assert [parse_duration(s) for s in ["90s", "30m", "1h", "1d", "7d", "2w", "1.5h"]] == [
+        90,
+        1800,
+        3600,
+        86400,
+        604800,
+        1209600,
+        5400,
+    ]
+    with pytest.raises(ValueError, match="5 parsecs"):
+        parse_duration("5 parsecs")
+
+
+def test_feature_names_are_stable_and_prefixed_per_key() -> None:
+    config = BehaviouralConfig(
+        entity_keys=["customer", "terminal"],
+        windows=["1h"],
+        last_n=[5],
+        values=["amount"],
+        aggregates=["ratio_to_mean", "count", "mean"],  # order in the config does not matter
+        label_risk=LabelRiskConfig(window="30d", delay="7d"),
+        entity_ttl="60d",
+    )
+    assert feature_names(config)[:9] == [
+        "customer__count_1h",
+        "customer__amount_mean_1h",
+        "customer__amount_ratio_to_mean_1h",
+        "customer__count_last5",
+        "customer__amount_mean_last5",
+        "customer__amount_ratio_to_mean_last5",
+        "customer__seconds_since_previous",
+        "customer__session_events",
+        "customer__session_seconds",
+    ]
+    assert feature_names(config)[9:12] == [
+        "customer__session_amount_sum",
+        "customer__label_rate_30d_delay7d",
+        "customer__labelled_events_30d_delay7d",
+    ]
+    assert len(feature_names(config)) == 24
+    assert feature_names(BehaviouralConfig())[0] == "global__count_1h"
+
+
+def test_update_many_dead_letters_match_update() -> None:
+    config = BehaviouralConfig(
+        entity_keys=["customer"],
+        values=["amount"],
+        label_risk=LabelRiskConfig(window="1d", delay="1h"),
+        entity_ttl="2d",
+    )
+    frame = frame_of(
+        [0, 1, 2, 3, 4],
+        customers=["a", None, "a", "a", "a"],
+        amounts=[1.0, 2.0, math.nan, 4.0, 5.0],
+        labels=[0, 1, 0, "yes", 1],
+    )
+    many_state = FeatureState(config, "label")
+    many = many_state.update_many(frame)
+    one_state = FeatureState(config, "label")
+    ones = [one_state.update(event) for event in frame.to_dict("records")]
+    assert many.index.tolist() == [0, 4] and [r is not None for r in ones] == [1, 0, 0, 0, 1]
+    np.testing.assert_array_equal(many.to_numpy(), pd.DataFrame([ones[0], ones[4]]).to_numpy())
+    reasons = [letter.reason for letter in many_state.dead_letters]
+    assert reasons == [letter.reason for letter in one_state.dead_letters]
+    assert reasons[0] == "entity column 'customer' is missing"
+    assert "amount" in reasons[1] and "label must be 0, 1 or missing" in reasons[2]
