@@ -17,6 +17,7 @@ from rich.console import Console
 
 from hybrid_ad import pipeline
 from hybrid_ad.config import Config, load_config
+from hybrid_ad.detector import Detector
 from hybrid_ad.errors import HybridADError
 from hybrid_ad.progress import ProgressReporter
 
@@ -67,6 +68,17 @@ def _setup(
     return config, out or config.artifacts.out_dir, ProgressReporter(enabled=not quiet)
 
 
+def _trained(
+    config: Path, data: Path | None, out: Path | None, quiet: bool
+) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
+    """What every step after `train-ae` starts from: the data and the detector saved so far."""
+    settings, out_dir, progress = _setup(config, out, quiet)
+    loaded = pipeline.load_data(settings, data)
+    detector = pipeline.load_trained(out_dir, loaded)
+    detector.progress = progress
+    return loaded, detector, out_dir, progress
+
+
 @app.command()
 @_user_errors
 def run(
@@ -105,9 +117,7 @@ def embed(
     quiet: QuietOption = False,
 ) -> None:
     """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
-    settings, out_dir, progress = _setup(config, out, quiet)
-    loaded = pipeline.load_data(settings, data)
-    detector = pipeline.load_trained(out_dir, loaded)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     for path in pipeline.embed_step(detector, loaded, out_dir):
         progress.log(f"wrote {path}")
 
@@ -121,10 +131,7 @@ def train_judge(
     quiet: QuietOption = False,
 ) -> None:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
-    settings, out_dir, progress = _setup(config, out, quiet)
-    loaded = pipeline.load_data(settings, data)
-    detector = pipeline.load_trained(out_dir, loaded)
-    detector.progress = progress
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     pipeline.train_judge_step(detector, loaded, out_dir)
     progress.log(f"saved detector to {out_dir / pipeline.MODEL_DIR}")
 
@@ -138,10 +145,7 @@ def evaluate(
     quiet: QuietOption = False,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
-    settings, out_dir, progress = _setup(config, out, quiet)
-    loaded = pipeline.load_data(settings, data)
-    detector = pipeline.load_trained(out_dir, loaded)
-    detector.progress = progress
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
     pipeline.save_evaluated(detector, out_dir, metrics)
     pipeline.write_metrics(out_dir, metrics)
