@@ -176,6 +176,12 @@ class Detector:
         latent.insert(0, "reconstruction_error", outputs.reconstruction_error)
         return latent
 
+    def rule_alerts(self, rule_score: np.ndarray) -> np.ndarray:
+        """The rules' own alert decision for rule scores from `score`."""
+        self._require_unsupervised()
+        assert self.rules_ is not None
+        return self.rules_.alerts(rule_score)
+
     def stage_outputs(self, frame: pd.DataFrame, source: str = "input") -> StageOutputs:
         """The label-free stages' outputs, for evaluation and inspection."""
         return self._outputs(self._events(frame, source))

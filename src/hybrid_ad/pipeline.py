@@ -112,7 +112,6 @@ def evaluate_step(
     with timer.step("score"):
         validation_scores = _stage_scores(detector, ablation, data.split.validation)
         test_scores = _stage_scores(detector, ablation, data.split.test)
-        rule_alerts = detector.stage_outputs(data.split.test).rules.pseudo_label
     validation_labels = data.split.validation[label].to_numpy(np.int8)
     test_labels = data.split.test[label].to_numpy(np.int8)
     stages: dict[str, Any] = {}
@@ -130,7 +129,7 @@ def evaluate_step(
         "stages": stages,
         "operating_point": operating_point(
             test_labels,
-            rule_alerts,
+            detector.rule_alerts(test_scores["rules"]),
             {name: scores for name, scores in test_scores.items() if name in learned},
         ),
         "split": data.split.summary(label),

@@ -109,8 +109,12 @@ class RuleSet:
             reasons=[rule.reason for rule in rules],
             hits=hits,
             score=score,
-            pseudo_label=score >= self.config.pseudo_label_threshold,
+            pseudo_label=self.alerts(score),
         )
+
+    def alerts(self, score: np.ndarray) -> np.ndarray:
+        """The rules' own decision: a rule score at or above the pseudo-label threshold."""
+        return score >= self.config.pseudo_label_threshold
 
     def _mask(self, condition: Condition, frame: pd.DataFrame, rule: str) -> np.ndarray:
         stats = self.statistics_ or {}
