@@ -31,8 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_ad.config import format_validation_error
-from hybrid_ad.errors import ArtifactError, ConfigError, InputError
+from hybrid_ad.errors import ArtifactError, ConfigError, InputError, format_validation_error
 
 __all__ = [
     "AGGREGATES",

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_ad.errors import ConfigError
+from hybrid_ad.errors import ConfigError, format_validation_error
 
 SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
 
@@ -246,16 +246,6 @@ def _read_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-
-
-def format_validation_error(source: str, error: ValidationError, skip: int = 0) -> str:
-    """One line: the file, the dotted key path (less `skip` leading parts) and the problem."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"][skip:]) or "<root>"
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {key}: {message}{suffix}"
 
 
 def config_from_dict(raw: Any, source: str = "<config>") -> Config:

@@ -1,5 +1,9 @@
 """Errors a user can act on: each carries a one-line message naming the file, column or key."""
 
+from __future__ import annotations
+
+from pydantic import ValidationError
+
 
 class HybridADError(Exception):
     """Base class: the command line prints the message on one line and exits with code 2."""
@@ -15,3 +19,13 @@ class InputError(HybridADError):
 
 class ArtifactError(HybridADError):
     """A saved model is missing, truncated, tampered with, or from an incompatible version."""
+
+
+def format_validation_error(source: str, error: ValidationError, skip: int = 0) -> str:
+    """One line: the file, the dotted key path (less `skip` leading parts) and the problem."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"][skip:]) or "<root>"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {message}{suffix}"
