@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from hybrid_ad.evaluation import recall_by_kind
 from hybrid_ad.simulate import (
     ANOMALY_KINDS,
     COLUMNS,
@@ -19,7 +20,6 @@ from hybrid_ad.simulate import (
     EVENT_TYPES,
     NORMAL_KIND,
     PLANS,
-    anomaly_recall_by_kind,
     country_distance_km,
     simulate_events,
     write_events,
@@ -240,7 +240,7 @@ def test_write_rejects_unknown_suffix(small: pd.DataFrame, tmp_path: Path):
 # --- recall helper ------------------------------------------------------------------------------
 
 
-def test_anomaly_recall_by_kind():
+def test_recall_by_kind():
     frame = pd.DataFrame(
         {
             "anomaly_kind": [
@@ -255,22 +255,22 @@ def test_anomaly_recall_by_kind():
         }
     )
     flagged = np.array([1, 1, 0, 0, 1, 1, 1], dtype=bool)
-    result = anomaly_recall_by_kind(frame, flagged)
+    result = recall_by_kind(frame["anomaly_kind"], flagged)
     assert list(result) == ["account_sharing", "bot_playback"]
     assert result["account_sharing"] == {"rows": 3, "flagged": 2, "recall": pytest.approx(2 / 3)}
     assert result["bot_playback"] == {"rows": 2, "flagged": 1, "recall": 0.5}
-    assert anomaly_recall_by_kind(frame, flagged.astype(int)) == result
+    assert recall_by_kind(frame["anomaly_kind"], flagged.astype(int)) == result
     with pytest.raises(ValueError, match="one per row"):
-        anomaly_recall_by_kind(frame, flagged[:-1])
+        recall_by_kind(frame["anomaly_kind"], flagged[:-1])
 
 
 def test_recall_on_simulated_labels(moderate: pd.DataFrame):
     truth = moderate["is_anomaly"].to_numpy() == 1
-    perfect = anomaly_recall_by_kind(moderate, truth)
+    perfect = recall_by_kind(moderate["anomaly_kind"], truth)
     assert set(perfect) == set(ANOMALY_KINDS)
     assert all(entry["recall"] == 1.0 for entry in perfect.values())
     assert sum(entry["rows"] for entry in perfect.values()) == truth.sum()
-    nothing = anomaly_recall_by_kind(moderate, np.zeros(len(moderate), dtype=bool))
+    nothing = recall_by_kind(moderate["anomaly_kind"], np.zeros(len(moderate), dtype=bool))
     assert all(entry["flagged"] == 0 and entry["recall"] == 0.0 for entry in nothing.values())
 
 

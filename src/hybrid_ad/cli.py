@@ -18,7 +18,7 @@ from rich.console import Console
 from hybrid_ad import pipeline
 from hybrid_ad.config import Config, load_config
 from hybrid_ad.detector import Detector
-from hybrid_ad.errors import HybridADError
+from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.progress import ProgressReporter
 
 app = typer.Typer(
@@ -164,6 +164,31 @@ def score(
     progress = ProgressReporter(enabled=not quiet)
     rows = pipeline.score_file(model, input, output, progress)
     progress.log(f"scored {rows:,} events -> {output}")
+
+
+@app.command()
+@_user_errors
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Event log to write: Parquet, CSV or CSV.gz.")],
+    accounts: Annotated[int, typer.Option("--accounts", help="Number of accounts.")] = 1000,
+    days: Annotated[int, typer.Option("--days", help="Days of activity.")] = 14,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same log.")] = 42,
+    start: Annotated[str, typer.Option("--start", help="First day (UTC date).")] = "2026-01-05",
+    quiet: QuietOption = False,
+) -> None:
+    """Simulate a video-streaming service's event log with labelled anomalies of four kinds."""
+    from hybrid_ad.simulate import simulate_events, write_events
+
+    progress = ProgressReporter(enabled=not quiet)
+    progress.log(f"simulating {accounts:,} accounts over {days:,} days (seed {seed})")
+    try:
+        frame = simulate_events(accounts, days, seed, start)
+        write_events(frame, out)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    kinds = frame.loc[frame["is_anomaly"] == 1, "anomaly_kind"].value_counts().sort_index()
+    counts = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items())
+    progress.log(f"wrote {len(frame):,} events to {out}; anomalous rows: {counts or 'none'}")
 
 
 @app.command()

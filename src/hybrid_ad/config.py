@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybrid_ad.behavioural import BehaviouralConfig
 from hybrid_ad.errors import ConfigError, format_validation_error
 
 SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
@@ -153,6 +154,11 @@ class FeaturesConfig(StrictModel):
     )
     hour_of_day: bool = True
     extreme_z: float = Field(3.0, gt=0, description="|z| above which a component is extreme")
+    behavioural: BehaviouralConfig | None = Field(
+        None,
+        description="features of each event against its entity's history (docs/"
+        "behavioural_features.md); value columns and entity keys name data columns",
+    )
 
 
 class AutoencoderConfig(StrictModel):
@@ -211,6 +217,9 @@ class EvaluationConfig(StrictModel):
     precision_at_k: int = Field(100, ge=1)
     threshold_policy: Literal["best_f1", "alert_rate"] = "best_f1"
     alert_rate: float = Field(0.002, gt=0, lt=1)
+    kind_column: str | None = Field(
+        None, description="column naming each labelled anomaly's kind: recall per kind"
+    )
     report: bool = True
 
 
@@ -227,6 +236,27 @@ class Config(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+
+    @model_validator(mode="after")
+    def _behaviour_fits_the_data(self) -> Config:
+        behavioural = self.features.behavioural
+        if behavioural is None:
+            return self
+        for column in behavioural.entity_columns:
+            if column not in self.data.entity_keys:
+                raise ValueError(
+                    f"features.behavioural.entity_keys: '{column}' must also be listed in "
+                    "data.entity_keys (entity columns are never model inputs)"
+                )
+        if behavioural.label_risk is not None:
+            if self.data.label is None:
+                raise ValueError("features.behavioural.label_risk needs data.label")
+            if self.judge.label_source == "pseudo":
+                raise ValueError(
+                    "features.behavioural.label_risk reads labels, and pseudo mode never does: "
+                    "use judge.label_source: truth, or drop label_risk"
+                )
+        return self
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 `Detector.fit` trains every stage on a time-ordered training frame (validation for early
 stopping), `score` runs them all on any frame, and `save` / `load` move the fitted state to
-and from a checked directory with no pickle in it. Batch scoring, streaming and the service
-all call `score`, so there is one path from an event to its probability.
+and from a checked directory with no pickle in it. `LiveScorer` scores events one at a time,
+carrying the behavioural state from event to event; it and `score` share one path from
+prepared events to probabilities, so live and batch scores agree.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +23,19 @@ import pandas as pd
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.autoencoder import Autoencoder
+from hybrid_ad.behavioural import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
 from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.features import FeatureBuilder, FeatureMatrix
+from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.judge import Judge
 from hybrid_ad.progress import QUIET, ProgressReporter
 from hybrid_ad.pseudo_labels import ErrorBounds, refine_pseudo_labels
 from hybrid_ad.rules import RuleResult, RuleSet
 
 SCORE_COLUMNS = ("score", "rule_score", "reconstruction_error", "rules_hit")
+Events = pd.DataFrame | PreparedEvents
+"""What every method takes: a raw frame, or events already prepared by `prepare_events`."""
 
 
 @dataclass(frozen=True)
@@ -61,17 +66,20 @@ class Detector:
 
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame, validation: pd.DataFrame | None = None) -> Detector:
-        """Fit every stage. Without `validation`, the latest events of `frame` are held out."""
+    def fit(self, frame: Events, validation: Events | None = None) -> Detector:
+        """Fit every stage. Without `validation`, the latest events of `frame` are held out.
+
+        `validation` follows `frame` in time: `frame` is its behavioural history.
+        """
         train, validation = self._train_validation(frame, validation)
         self.fit_unsupervised(train, validation)
         return self.fit_judge(train, validation)
 
-    def fit_unsupervised(self, frame: pd.DataFrame, validation: pd.DataFrame) -> Detector:
+    def fit_unsupervised(self, frame: Events, validation: Events) -> Detector:
         """Fit scaler, rules and autoencoder. Never reads the label column."""
         self.feature_columns_ = None
         train = self._events(frame, "training data")
-        held_out = self._events(validation, "validation data")
+        held_out = self._events(validation, "validation data", history=frame)
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
         train_features = self.features_.transform(train)
@@ -99,13 +107,13 @@ class Detector:
         return self
 
     def fit_judge(
-        self, frame: pd.DataFrame, validation: pd.DataFrame, use_autoencoder: bool = True
+        self, frame: Events, validation: Events, use_autoencoder: bool = True
     ) -> Detector:
         """Fit the judge on the label source from config; needs `fit_unsupervised` first."""
         self._require_unsupervised()
         truth = self.config.judge.label_source == "truth"
         train = self._events(frame, "training data", require_label=truth)
-        held_out = self._events(validation, "validation data", require_label=truth)
+        held_out = self._events(validation, "validation data", require_label=truth, history=frame)
         self.judge_uses_autoencoder_ = use_autoencoder
         train_outputs, held_out_outputs = self._outputs(train), self._outputs(held_out)
         inputs, names = self._judge_matrix(train_outputs)
@@ -124,7 +132,7 @@ class Detector:
         self.judge_ = judge
         return self
 
-    def without_autoencoder_inputs(self, frame: pd.DataFrame, validation: pd.DataFrame) -> Detector:
+    def without_autoencoder_inputs(self, frame: Events, validation: Events) -> Detector:
         """Ablation: the same detector and labels, with a judge that never sees the
         autoencoder's outputs. The original detector is left unchanged."""
         ablation = copy.copy(self)
@@ -141,12 +149,19 @@ class Detector:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def score(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
-        """One row per input event, in input order: judge probability and stage outputs."""
-        events = self._events(frame, source)
+    def score(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> pd.DataFrame:
+        """One row per input event, in input order: judge probability and stage outputs.
+
+        Behavioural features see `history` (earlier events, not scored) and `frame` itself.
+        """
+        return self._score_events(self._events(frame, source, history=history))
+
+    def _score_events(self, events: pd.DataFrame) -> pd.DataFrame:
         outputs = self._outputs(events)
         inputs, _ = self._judge_matrix(outputs)
-        result = pd.DataFrame(index=frame.index)
+        result = pd.DataFrame(index=events.index)
         result["score"] = self._fitted_judge().predict_proba(inputs)
         if self.threshold_ is not None:
             result["alert"] = result["score"].to_numpy() >= self.threshold_
@@ -155,22 +170,24 @@ class Detector:
         result["rules_hit"] = outputs.rules.hit_names()
         return result
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, frame: Events) -> np.ndarray:
         """scikit-learn convention: columns are P(normal), P(anomaly)."""
         anomaly = self.score(frame)["score"].to_numpy()
         return np.column_stack([1.0 - anomaly, anomaly])
 
-    def decision_function(self, frame: pd.DataFrame) -> np.ndarray:
+    def decision_function(self, frame: Events) -> np.ndarray:
         """Higher is more anomalous: the judge probability."""
         return self.score(frame)["score"].to_numpy()
 
-    def embed(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
+    def embed(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> pd.DataFrame:
         """Autoencoder outputs per event: reconstruction error and latent coordinates."""
-        events = self._events(frame, source)
+        events = self._events(frame, source, history=history)
         outputs = self._outputs(events)
         latent = pd.DataFrame(
             outputs.embedding,
-            index=frame.index,
+            index=events.index,
             columns=[f"latent_{i}" for i in range(outputs.embedding.shape[1])],
         )
         latent.insert(0, "reconstruction_error", outputs.reconstruction_error)
@@ -182,9 +199,16 @@ class Detector:
         assert self.rules_ is not None
         return self.rules_.alerts(rule_score)
 
-    def stage_outputs(self, frame: pd.DataFrame, source: str = "input") -> StageOutputs:
+    def stage_outputs(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> StageOutputs:
         """The label-free stages' outputs, for evaluation and inspection."""
-        return self._outputs(self._events(frame, source))
+        return self._outputs(self._events(frame, source, history=history))
+
+    def live(self, history: Events | None = None) -> LiveScorer:
+        """A scorer for events one at a time, its behavioural state warmed up on `history`."""
+        self._fitted_judge()
+        return LiveScorer(self, history)
 
     def _outputs(self, events: pd.DataFrame) -> StageOutputs:
         self._require_unsupervised()
@@ -224,23 +248,32 @@ class Detector:
     # -- helpers ------------------------------------------------------------------------------
 
     def _events(
-        self, frame: pd.DataFrame, source: str, require_label: bool = False
+        self,
+        frame: Events,
+        source: str,
+        require_label: bool = False,
+        history: Events | None = None,
     ) -> pd.DataFrame:
-        if len(frame) == 0:
-            raise InputError(f"{source}: no events")
-        events, columns = validate_events(frame, self.config.data, source, require_label)
-        if self.feature_columns_ is None:
-            self.feature_columns_ = columns
-        elif columns != self.feature_columns_:
-            raise InputError(
-                f"{source}: feature columns differ from the ones the model was fitted on "
-                f"(expected {len(self.feature_columns_)}, got {len(columns)})"
+        """Validated events with behavioural columns; prepared events are taken as they are."""
+        if isinstance(frame, PreparedEvents):
+            prepared = frame
+            label = self.config.data.label
+            if require_label and (label is None or label not in frame.frame.columns):
+                raise InputError(f"{frame.source}: this step needs the label column (data.label)")
+        else:
+            prepared = prepare_events(
+                frame, self.config, source, require_label=require_label, history=history
             )
-        return events
+        if self.feature_columns_ is None:
+            self.feature_columns_ = prepared.feature_columns
+        elif prepared.feature_columns != self.feature_columns_:
+            raise InputError(
+                f"{prepared.source}: feature columns differ from the ones the model was fitted "
+                f"on (expected {len(self.feature_columns_)}, got {len(prepared.feature_columns)})"
+            )
+        return prepared.frame
 
-    def _train_validation(
-        self, frame: pd.DataFrame, validation: pd.DataFrame | None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def _train_validation(self, frame: Events, validation: Events | None) -> tuple[Events, Events]:
         if validation is not None:
             return frame, validation
         events = self._events(frame, "training data")
@@ -250,7 +283,9 @@ class Detector:
         cut = round(len(ordered) * (1 - holdout))
         if cut < 1 or cut >= len(ordered):
             raise InputError("training data: too few events to hold out a validation part")
-        return ordered.iloc[:cut], ordered.iloc[cut:]
+        assert self.feature_columns_ is not None
+        prepared = PreparedEvents(ordered, self.feature_columns_, "training data")
+        return prepared.rows(0, cut), prepared.rows(cut, len(ordered))
 
     def _require_unsupervised(self) -> None:
         if self.features_ is None or self.rules_ is None or self.autoencoder_ is None:
@@ -327,6 +362,54 @@ class Detector:
             detector.judge_ = Judge.from_bytes(config.judge, files["judge.json"], config.seed)
         detector.data_sha256_ = manifest.get("data_sha256")
         return detector
+
+
+class LiveScorer:
+    """Scores events one at a time, as they arrive, with the detector's single scoring path.
+
+    The behavioural state (`FeatureState`) carries each entity's history from event to event,
+    so scoring a sequence here gives the probabilities `Detector.score` gives the whole
+    sequence. An event that cannot be scored (malformed, or later than the allowed lateness)
+    returns None and is kept in `dead_letters` with the reason; the state is unchanged by it.
+    """
+
+    def __init__(self, detector: Detector, history: Events | None = None) -> None:
+        self.detector = detector
+        self.dead_letters: list[DeadLetter] = []
+        config = detector.config
+        behavioural = config.features.behavioural
+        self._label = config.data.label
+        self._state: FeatureState | None = None
+        if behavioural is not None:
+            label = self._label if behavioural.label_risk is not None else None
+            self._state = FeatureState(behavioural, label, time_column=EVENT_SECONDS)
+            if history is not None:
+                past = history.frame if isinstance(history, PreparedEvents) else history
+                past, _ = validate_events(past, config.data, "history")
+                self._state.update_many(past.sort_values(EVENT_SECONDS, kind="stable"))
+
+    def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The event's row of `Detector.score` as a dict, or None if it is a dead letter."""
+        try:
+            events, columns = validate_events(
+                pd.DataFrame([dict(event)]), self.detector.config.data, "event"
+            )
+        except InputError as exc:
+            self.dead_letters.append(DeadLetter(dict(event), str(exc)))
+            return None
+        if self._state is not None:
+            row = events.iloc[0].to_dict()
+            if self._label is not None:
+                row.setdefault(self._label, None)  # not labelled yet: an unknown label
+            behaviour = self._state.update(row)
+            if behaviour is None:
+                self.dead_letters.append(self._state.dead_letters.pop())
+                return None
+            events = events.assign(**behaviour)
+        scored = self.detector._score_events(
+            self.detector._events(PreparedEvents(events, columns, "event"), "event")
+        )
+        return scored.iloc[0].to_dict()
 
 
 def library_versions() -> dict[str, str]:

@@ -111,6 +111,26 @@ def operating_point(
     return result
 
 
+def recall_by_kind(
+    kinds: np.ndarray, flagged: np.ndarray, normal: tuple[str, ...] = ("", "none")
+) -> dict[str, dict[str, float | int]]:
+    """Rows, flagged rows and recall for each anomaly kind present (normal kinds skipped).
+
+    One number per kind shows which kinds of anomaly a stage catches and which it misses,
+    which the overall recall hides when one kind dominates the labelled rows.
+    """
+    names = np.asarray(kinds).astype(str)
+    flags = np.asarray(flagged).astype(bool)
+    if flags.shape != names.shape:
+        raise ValueError(f"flagged has shape {flags.shape}; expected {names.shape}, one per row")
+    result: dict[str, dict[str, float | int]] = {}
+    for kind in sorted(set(names.tolist()) - set(normal)):
+        rows = names == kind
+        n_rows, n_flagged = int(rows.sum()), int(flags[rows].sum())
+        result[kind] = {"rows": n_rows, "flagged": n_flagged, "recall": n_flagged / n_rows}
+    return result
+
+
 def _finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN: undefined metrics become null."""
     return {

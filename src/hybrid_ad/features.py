@@ -1,8 +1,11 @@
-"""Feature construction: scaling fitted on training data only, time of day, outlier summaries.
+"""Feature construction: behavioural history, scaling fitted on training data only, time of
+day, outlier summaries.
 
-`FeatureBuilder` produces two matrices from the same fitted state: the autoencoder's input
-(scaled columns and the hour of day) and the judge's extra engineered features. Batch scoring,
-streaming and the service all go through `transform`, so the feature logic exists once.
+`prepare_events` validates a frame and adds the behavioural features of each event against the
+history before it (`hybrid_ad.behavioural`). `FeatureBuilder` then produces two matrices from
+the same fitted state: the autoencoder's input (scaled columns, behavioural features, hour of
+day) and the judge's extra inputs (outlier summaries, delayed-label risk). Batch scoring and
+live scoring both go through `transform`, so the feature logic exists once.
 """
 
 from __future__ import annotations
@@ -13,10 +16,99 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.config import FeaturesConfig
-from hybrid_ad.data import EVENT_SECONDS
+from hybrid_ad.behavioural import BehaviouralConfig, compute_batch, feature_names
+from hybrid_ad.config import Config, FeaturesConfig
+from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.rules import hour_of_day
+
+
+@dataclass(frozen=True)
+class PreparedEvents:
+    """Validated events, in input order, with `EVENT_SECONDS` and the behavioural columns.
+
+    Made by `prepare_events`; the `Detector` accepts it wherever it accepts a frame, so a
+    caller that splits one long history computes the behavioural features once.
+    """
+
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def rows(self, start: int, stop: int) -> PreparedEvents:
+        """A slice by position; its behavioural features keep the history they were made with."""
+        return PreparedEvents(self.frame.iloc[start:stop], self.feature_columns, self.source)
+
+
+def prepare_events(
+    frame: pd.DataFrame,
+    config: Config,
+    source: str,
+    *,
+    require_label: bool = False,
+    history: pd.DataFrame | PreparedEvents | None = None,
+) -> PreparedEvents:
+    """Validate `frame` and add its behavioural features.
+
+    The features of each event describe its entity's events before it, among `history`
+    (earlier events, not returned) and `frame` itself. Neither needs to be sorted: events are
+    ordered by time, ties in arrival order with `history` first, and returned in input order.
+    """
+    if len(frame) == 0:
+        raise InputError(f"{source}: no events")
+    events, columns = validate_events(frame, config.data, source, require_label)
+    behavioural = config.features.behavioural
+    if behavioural is not None:
+        past = None
+        if history is not None:
+            past = history.frame if isinstance(history, PreparedEvents) else history
+            past, _ = validate_events(past, config.data, f"{source} (history)")
+        events = _with_behaviour(events, behavioural, config.data.label, past, source)
+    return PreparedEvents(events, columns, source)
+
+
+def _with_behaviour(
+    events: pd.DataFrame,
+    config: BehaviouralConfig,
+    label: str | None,
+    history: pd.DataFrame | None,
+    source: str,
+) -> pd.DataFrame:
+    names = feature_names(config)
+    clash = [name for name in names if name in events.columns]
+    if clash:
+        raise InputError(f"{source}: column '{clash[0]}' has the name of a behavioural feature")
+    label_column = label if config.label_risk is not None else None
+    needed = [EVENT_SECONDS, *config.entity_columns, *config.values]
+    parts = [events] if history is None else [history, events]
+    for part in parts:
+        missing = [column for column in needed if column not in part.columns]
+        if missing:
+            raise InputError(f"{source}: missing behavioural column '{missing[0]}'")
+    combined = pd.concat([part[needed] for part in parts], ignore_index=True)
+    if label_column is not None:
+        # Events without a label column contribute no known labels (NaN = unknown).
+        combined[label_column] = pd.concat(
+            [part.get(label_column, pd.Series(np.nan, index=part.index)) for part in parts],
+            ignore_index=True,
+        ).astype(np.float64)
+    order = np.argsort(combined[EVENT_SECONDS].to_numpy(), kind="stable")
+    in_time_order = compute_batch(combined.iloc[order], config, EVENT_SECONDS, label_column)
+    values = np.empty((len(combined), len(names)))
+    values[order] = in_time_order.to_numpy()
+    own = pd.DataFrame(values[len(combined) - len(events) :], index=events.index, columns=names)
+    return pd.concat([events, own], axis=1)
+
+
+def label_feature_names(config: BehaviouralConfig) -> list[str]:
+    """The behavioural features read from labels: judge inputs only, never label-free stages."""
+    if config.label_risk is None:
+        return []
+    without = set(feature_names(config.model_copy(update={"label_risk": None})))
+    return [name for name in feature_names(config) if name not in without]
 
 
 @dataclass(frozen=True)
@@ -30,11 +122,18 @@ class FeatureMatrix:
 
 
 class FeatureBuilder:
-    """Standardises the configured columns (log1p first where asked) with training statistics."""
+    """Standardises the configured columns with training statistics.
+
+    log1p (keeping the sign) goes first where asked, and always for behavioural features:
+    counts, sums and gaps are heavy-tailed. Behavioural features join the autoencoder's input,
+    except the delayed-label ones, which only the judge sees.
+    """
 
     def __init__(self, config: FeaturesConfig) -> None:
         self.config = config
         self.columns_: list[str] | None = None
+        self.behavioural_: list[str] = []
+        self.judge_only_: list[str] = []
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None
 
@@ -43,20 +142,32 @@ class FeatureBuilder:
         unknown = [name for name in self.config.log_scale if name not in columns]
         if unknown:
             raise InputError(f"features.log_scale: '{unknown[0]}' is not a feature column")
-        raw = self._raw(frame, columns)
-        std = raw.std(axis=0)
+        behavioural = self.config.behavioural
         self.columns_ = list(columns)
+        if behavioural is not None:
+            self.judge_only_ = label_feature_names(behavioural)
+            self.behavioural_ = [
+                name for name in feature_names(behavioural) if name not in self.judge_only_
+            ]
+        raw = self._raw(frame)
+        std = raw.std(axis=0)
         self.mean_ = raw.mean(axis=0)
         self.std_ = np.where(std > 0, std, 1.0)
         return self
 
-    def _raw(self, frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    def _all_columns(self) -> list[str]:
+        assert self.columns_ is not None
+        return [*self.columns_, *self.behavioural_, *self.judge_only_]
+
+    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
+        columns = self._all_columns()
         missing = [name for name in columns if name not in frame.columns]
         if missing:
             raise InputError(f"missing feature column '{missing[0]}'")
         raw = frame[columns].to_numpy(np.float64, copy=True)
-        for name in self.config.log_scale:
-            index = columns.index(name)
+        logged = [columns.index(name) for name in self.config.log_scale]
+        logged += range(len(self.columns_ or ()), len(columns))
+        for index in logged:
             raw[:, index] = np.sign(raw[:, index]) * np.log1p(np.abs(raw[:, index]))
         return raw
 
@@ -64,9 +175,11 @@ class FeatureBuilder:
         """Scaled inputs plus the engineered summaries, for any number of events."""
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.transform called before fit")
-        z = (self._raw(frame, self.columns_) - self.mean_) / self.std_
-        scaled_parts = [z]
-        scaled_names = [f"z_{name}" for name in self.columns_]
+        z_all = (self._raw(frame) - self.mean_) / self.std_
+        n_base, n_behavioural = len(self.columns_), len(self.behavioural_)
+        z = z_all[:, :n_base]
+        scaled_parts = [z, z_all[:, n_base : n_base + n_behavioural]]
+        scaled_names = [f"z_{name}" for name in self.columns_] + self.behavioural_
         if self.config.hour_of_day:
             angle = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64)) * (2 * np.pi / 24)
             scaled_parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
@@ -77,30 +190,44 @@ class FeatureBuilder:
                 (abs_z > self.config.extreme_z).sum(axis=1),
                 abs_z.max(axis=1),
                 np.sqrt((z**2).mean(axis=1)),
+                z_all[:, n_base + n_behavioural :],
             ]
         )
         return FeatureMatrix(
             scaled=np.hstack(scaled_parts).astype(np.float32),
             scaled_names=scaled_names,
             engineered=engineered.astype(np.float32),
-            engineered_names=["n_extreme_components", "max_abs_z", "rms_z"],
+            engineered_names=["n_extreme_components", "max_abs_z", "rms_z", *self.judge_only_],
         )
 
     def to_dict(self) -> dict[str, Any]:
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.to_dict called before fit")
-        return {"columns": self.columns_, "mean": self.mean_.tolist(), "std": self.std_.tolist()}
+        return {
+            "columns": self.columns_,
+            "behavioural": self.behavioural_,
+            "judge_only": self.judge_only_,
+            "mean": self.mean_.tolist(),
+            "std": self.std_.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, config: FeaturesConfig, payload: dict[str, Any]) -> FeatureBuilder:
         builder = cls(config)
         try:
             columns = [str(name) for name in payload["columns"]]
+            behavioural = [str(name) for name in payload["behavioural"]]
+            judge_only = [str(name) for name in payload["judge_only"]]
             mean = np.asarray(payload["mean"], dtype=np.float64)
             std = np.asarray(payload["std"], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             raise ArtifactError("features.json: malformed scaler") from None
-        if not (len(columns) == len(mean) == len(std)) or not np.all(std > 0):
+        expected = None if config.behavioural is None else feature_names(config.behavioural)
+        if sorted(behavioural + judge_only) != sorted(expected or []):
+            raise ArtifactError("features.json: behavioural features do not match the config")
+        width = len(columns) + len(behavioural) + len(judge_only)
+        if not (width == len(mean) == len(std)) or not np.all(std > 0):
             raise ArtifactError("features.json: scaler shapes or values are inconsistent")
         builder.columns_, builder.mean_, builder.std_ = columns, mean, std
+        builder.behavioural_, builder.judge_only_ = behavioural, judge_only
         return builder

@@ -18,17 +18,11 @@ import pandas as pd
 
 from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
 from hybrid_ad.config import Config
-from hybrid_ad.data import (
-    Split,
-    file_sha256,
-    read_table,
-    time_split,
-    validate_events,
-    write_table,
-)
+from hybrid_ad.data import Split, file_sha256, read_table, time_split, write_table
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.evaluation import choose_threshold, operating_point, stage_metrics
+from hybrid_ad.evaluation import choose_threshold, operating_point, recall_by_kind, stage_metrics
+from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.report import write_report
 
@@ -54,15 +48,27 @@ class Timer:
 @dataclass(frozen=True)
 class LoadedData:
     split: Split
+    feature_columns: list[str]
     sha256: str
     path: Path
 
+    def part(self, name: str) -> PreparedEvents:
+        """One part of the split, ready for the detector."""
+        frame = getattr(self.split, name)
+        return PreparedEvents(frame, self.feature_columns, f"{self.path} ({name})")
+
 
 def load_data(config: Config, data_path: Path | None) -> LoadedData:
-    """Read and validate the event file once, then cut the time-ordered split."""
+    """Read and validate the event file once, then cut the time-ordered split.
+
+    Behavioural features are computed once over the whole file: each event's features come
+    from the events before it, so a part's features are those it would get with every
+    earlier part as its history.
+    """
     path = Path(data_path or config.data.path)
-    events, _ = validate_events(read_table(path), config.data, str(path))
-    return LoadedData(time_split(events, config.data.split), file_sha256(path), path)
+    events = prepare_events(read_table(path), config, str(path))
+    split = time_split(events.frame, config.data.split)
+    return LoadedData(split, events.feature_columns, file_sha256(path), path)
 
 
 def train_autoencoder_step(
@@ -70,7 +76,7 @@ def train_autoencoder_step(
 ) -> Detector:
     """Fit rules, scaler and autoencoder; save the partial detector (no judge yet)."""
     detector = Detector(config, progress)
-    detector.fit_unsupervised(data.split.train, data.split.validation)
+    detector.fit_unsupervised(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
     detector.save(out_dir / MODEL_DIR)
     return detector
@@ -80,8 +86,7 @@ def embed_step(detector: Detector, data: LoadedData, out_dir: Path) -> list[Path
     """Write reconstruction error and latent coordinates of every split part as Parquet."""
     written = []
     for part in ("train", "validation", "test"):
-        frame = getattr(data.split, part)
-        embedding = detector.embed(frame, source=f"{data.path} ({part})")
+        embedding = detector.embed(data.part(part))
         path = out_dir / EMBEDDINGS_DIR / f"{part}.parquet"
         atomic_write_with(path, lambda temp, table=embedding: table.to_parquet(temp))
         written.append(path)
@@ -90,7 +95,7 @@ def embed_step(detector: Detector, data: LoadedData, out_dir: Path) -> list[Path
 
 def train_judge_step(detector: Detector, data: LoadedData, out_dir: Path) -> Detector:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
-    detector.fit_judge(data.split.train, data.split.validation)
+    detector.fit_judge(data.part("train"), data.part("validation"))
     detector.save(out_dir / MODEL_DIR)
     return detector
 
@@ -108,10 +113,10 @@ def evaluate_step(
     if label is None or label not in data.split.test.columns:
         raise InputError(f"{data.path}: evaluation needs the label column (data.label)")
     with timer.step("fit_ablation"):
-        ablation = detector.without_autoencoder_inputs(data.split.train, data.split.validation)
+        ablation = detector.without_autoencoder_inputs(data.part("train"), data.part("validation"))
     with timer.step("score"):
-        validation_scores = _stage_scores(detector, ablation, data.split.validation)
-        test_scores = _stage_scores(detector, ablation, data.split.test)
+        validation_scores = _stage_scores(detector, ablation, data.part("validation"))
+        test_scores = _stage_scores(detector, ablation, data.part("test"))
     validation_labels = data.split.validation[label].to_numpy(np.int8)
     test_labels = data.split.test[label].to_numpy(np.int8)
     stages: dict[str, Any] = {}
@@ -132,6 +137,7 @@ def evaluate_step(
             detector.rule_alerts(test_scores["rules"]),
             {name: scores for name, scores in test_scores.items() if name in learned},
         ),
+        "recall_by_kind": _recall_by_kind(config.evaluation.kind_column, data, stages, test_scores),
         "split": data.split.summary(label),
         "label_source": config.judge.label_source,
         "data": {"path": str(data.path), "sha256": data.sha256},
@@ -153,6 +159,24 @@ def evaluate_step(
     return metrics
 
 
+def _recall_by_kind(
+    column: str | None,
+    data: LoadedData,
+    stages: dict[str, Any],
+    test_scores: dict[str, np.ndarray],
+) -> dict[str, Any] | None:
+    """Per stage, at its validation threshold: how many rows of each anomaly kind it flags."""
+    if column is None:
+        return None
+    if column not in data.split.test.columns:
+        raise InputError(f"{data.path}: missing column '{column}' (evaluation.kind_column)")
+    kinds = data.split.test[column].to_numpy()
+    return {
+        name: recall_by_kind(kinds, scores >= stages[name]["threshold"])
+        for name, scores in test_scores.items()
+    }
+
+
 def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
     path = out_dir / REPORTS_DIR / "metrics.json"
     atomic_write_json(path, metrics)
@@ -160,7 +184,7 @@ def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
 
 
 def _stage_scores(
-    detector: Detector, ablation: Detector, frame: pd.DataFrame
+    detector: Detector, ablation: Detector, frame: PreparedEvents
 ) -> dict[str, np.ndarray]:
     scored = detector.score(frame)
     return {
@@ -185,9 +209,9 @@ def run(
     )
     detector = Detector(config, progress)
     with timer.step("fit_unsupervised"):
-        detector.fit_unsupervised(data.split.train, data.split.validation)
+        detector.fit_unsupervised(data.part("train"), data.part("validation"))
     with timer.step("fit_judge"):
-        detector.fit_judge(data.split.train, data.split.validation)
+        detector.fit_judge(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
     metrics = evaluate_step(detector, data, out_dir, timer, progress)
     with timer.step("save"):
@@ -219,15 +243,18 @@ def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def score_file(
     model_dir: Path, input_path: Path, output_path: Path, progress: ProgressReporter
 ) -> int:
-    """Batch-score a file with a saved model; returns the number of events scored."""
+    """Batch-score a file with a saved model; returns the number of events scored.
+
+    The file is its own behavioural history: features are computed over all of it once, then
+    the models score it in chunks.
+    """
     detector = Detector.load(model_dir)
-    frame = read_table(input_path)
-    events, _ = validate_events(frame, detector.config.data, str(input_path))
+    events = prepare_events(read_table(input_path), detector.config, str(input_path))
     parts = []
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
-            chunk = events.iloc[start : start + SCORE_CHUNK]
-            parts.append(detector.score(chunk, source=str(input_path)))
+            chunk = events.rows(start, start + SCORE_CHUNK)
+            parts.append(detector.score(chunk))
             advance(start + len(chunk), "")
     write_table(pd.concat(parts), output_path)
     return len(events)

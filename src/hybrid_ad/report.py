@@ -536,6 +536,18 @@ def _judge_verdict(rules_fpr: float | None, judge_fpr: float | None, recall: flo
     return at + "the judge does not cut false positives here."
 
 
+def _kinds_section(by_stage: Mapping[str, Any]) -> str:
+    """Recall of each anomaly kind, one column per stage, at each stage's threshold."""
+    stages = list(by_stage)
+    kinds = sorted({kind for per_kind in by_stage.values() for kind in per_kind})
+    rows = []
+    for kind in kinds:
+        entries = [by_stage[stage].get(kind) or {} for stage in stages]
+        n_rows = next((entry["rows"] for entry in entries if "rows" in entry), None)
+        rows.append([kind, _fmt(n_rows, 0), *(_fmt(entry.get("recall")) for entry in entries)])
+    return _table(["anomaly kind", "rows", *stages], rows)
+
+
 def _split_section(split: Mapping[str, Any]) -> str:
     if not split:
         return "<p>No split summary was recorded.</p>"
@@ -616,6 +628,11 @@ def _render_html(
         (
             "Does the judge cut false positives at the rules' recall?",
             _operating_point_section(metrics.get("operating_point") or {}),
+        ),
+        *(
+            [("Recall per anomaly kind (test split)", _kinds_section(metrics["recall_by_kind"]))]
+            if metrics.get("recall_by_kind")
+            else []
         ),
         ("Time-ordered split", _split_section(metrics.get("split") or {})),
         ("How to read this report", f"<dl>{glossary}</dl>"),

@@ -260,29 +260,6 @@ def write_events(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def anomaly_recall_by_kind(frame: pd.DataFrame, flagged: np.ndarray) -> dict[str, dict]:
-    """Rows, flagged rows and recall for each anomaly kind present, to report per kind.
-
-    `flagged` is one boolean (or 0/1) per row of `frame`, in the same order. Kinds are listed
-    in `ANOMALY_KINDS` order, then any other labels alphabetically; normal rows are skipped.
-    """
-    flags = np.asarray(flagged)
-    if flags.shape != (len(frame),):
-        raise ValueError(f"flagged has shape {flags.shape}; expected ({len(frame)},), one per row")
-    flags = flags.astype(bool)
-    kinds = frame["anomaly_kind"].astype(str).to_numpy()
-    present = [k for k in pd.unique(kinds) if k not in ("", NORMAL_KIND)]
-    ordered = [k for k in ANOMALY_KINDS if k in present]
-    ordered += sorted(k for k in present if k not in ANOMALY_KINDS)
-    result: dict[str, dict] = {}
-    for kind in ordered:
-        rows = kinds == kind
-        n_rows = int(rows.sum())
-        n_flagged = int(flags[rows].sum())
-        result[kind] = {"rows": n_rows, "flagged": n_flagged, "recall": n_flagged / n_rows}
-    return result
-
-
 # --- argument checks ----------------------------------------------------------------------------
 
 
