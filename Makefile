@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench streaming clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 ## Run the whole pipeline on the shipped demo data with the default config.
 run: $(STAMP)
 	$(BIN)/hybrid-ad run --config config/config.yaml
+
+## Simulate a streaming-service log and run the pipeline on it with behavioural features.
+streaming: $(STAMP)
+	$(BIN)/hybrid-ad simulate --out data/simulated/streaming.parquet --accounts 1000 --days 28 --seed 7
+	$(BIN)/hybrid-ad run --config config/streaming_service.yaml
 
 ## Lint, format check and the test suite.
 test: $(STAMP) lint
@@ -29,4 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_benchmark.py
 
 clean:
-	rm -rf $(VENV) artifacts benchmarks/out
+	rm -rf $(VENV) artifacts benchmarks/out data/simulated

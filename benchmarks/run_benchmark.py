@@ -2,7 +2,8 @@
 
 Each mode runs in its own process (as a user would run it), so peak RSS is that of one run.
 A plain XGBoost on the raw columns, on the same time-ordered split, is measured alongside as
-the baseline the `truth` judge has to beat.
+the baseline the `truth` judge has to beat. Modes ending in `-behavioural` add the behavioural
+features below (one global entity: the credit-card data has no customer or terminal ids).
 
     .venv/bin/python benchmarks/run_benchmark.py [--data ../shared/data/creditcard.csv.gz]
 """
@@ -25,11 +26,27 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "creditcard.csv.gz"
 
 
+MODES = ("pseudo", "truth", "pseudo-behavioural", "truth-behavioural")
+CREDITCARD_BEHAVIOURAL = {
+    "entity_keys": [],
+    "windows": ["10m", "1h", "6h"],
+    "last_n": [10],
+    "values": ["Amount"],
+    "aggregates": ["count", "sum", "mean", "std", "max", "ratio_to_mean"],
+    "time_since_previous": True,
+    "session_gap": None,
+    "entity_ttl": "1d",
+}
+
+
 def _mode_config(mode: str, out_root: Path) -> Path:
-    """The shipped config with only judge.label_source changed."""
+    """The shipped config with judge.label_source set and, for `-behavioural`, the features."""
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["rules"] = str(REPO / "config" / raw["rules"])
-    raw["judge"]["label_source"] = mode
+    label_source, _, extra = mode.partition("-")
+    raw["judge"]["label_source"] = label_source
+    if extra == "behavioural":
+        raw["features"]["behavioural"] = CREDITCARD_BEHAVIOURAL
     path = out_root / f"config_{mode}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -104,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
-    parser.add_argument("--modes", nargs="+", default=["pseudo", "truth"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found; pass the full creditcard file with --data")

@@ -180,7 +180,6 @@ def simulate(
     from hybrid_ad.simulate import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
-    progress.log(f"simulating {accounts:,} accounts over {days:,} days (seed {seed})")
     try:
         frame = simulate_events(accounts, days, seed, start)
         write_events(frame, out)
@@ -188,7 +187,10 @@ def simulate(
         raise InputError(str(exc)) from None
     kinds = frame.loc[frame["is_anomaly"] == 1, "anomaly_kind"].value_counts().sort_index()
     counts = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items())
-    progress.log(f"wrote {len(frame):,} events to {out}; anomalous rows: {counts or 'none'}")
+    progress.log(
+        f"wrote {len(frame):,} events of {accounts:,} accounts over {days:,} days (seed {seed}) "
+        f"to {out}; anomalous rows: {counts or 'none'}"
+    )
 
 
 @app.command()
