@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -21,7 +22,7 @@ from hybrid_ad.behavioural import (
     feature_names,
     parse_duration,
 )
-from hybrid_ad.errors import ConfigError, InputError
+from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 ALL_AGGREGATES = ["count", "sum", "mean", "std", "min", "max", "ratio_to_mean"]
@@ -82,7 +83,19 @@ CONFIGS = [
         label_risk=LabelRiskConfig(window="45s", delay="5s"),
         entity_ttl="2m",  # shorter than many gaps: entities are forgotten and restart
     ),
+    BehaviouralConfig(
+        # composite keys: the customer at a terminal, and customer x terminal x country
+        entity_keys=[["customer", "terminal"], "terminal", ["country", "customer", "terminal"]],
+        windows=["20s"],
+        last_n=[2],
+        values=["amount"],
+        aggregates=ALL_AGGREGATES,
+        session_gap="30s",
+        label_risk=LabelRiskConfig(window="1m", delay="10s"),
+        entity_ttl="5m",
+    ),
 ]
+COMPOSITE = CONFIGS[3]
 
 gaps = st.one_of(
     st.just(0.0),  # ties
@@ -108,6 +121,7 @@ def streams(draw) -> pd.DataFrame:
             "time": times,
             "customer": draw(st.lists(st.integers(0, n_customers - 1), min_size=n, max_size=n)),
             "terminal": draw(st.lists(st.sampled_from(["t1", "t2"]), min_size=n, max_size=n)),
+            "country": draw(st.lists(st.sampled_from([7, 44]), min_size=n, max_size=n)),
             "amount": draw(st.lists(amounts, min_size=n, max_size=n)),
             "other": draw(st.lists(amounts, min_size=n, max_size=n)),
             "label": draw(
@@ -135,9 +149,10 @@ def test_batch_and_live_agree(frame: pd.DataFrame, which: int) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(frame=streams(), cut=st.floats(0.0, 1.0))
-def test_restored_state_continues_identically(frame: pd.DataFrame, cut: float) -> None:
-    config = CONFIGS[0]
+@given(frame=streams(), cut=st.floats(0.0, 1.0), config=st.sampled_from([CONFIGS[0], COMPOSITE]))
+def test_restored_state_continues_identically(
+    frame: pd.DataFrame, cut: float, config: BehaviouralConfig
+) -> None:
     split = int(len(frame) * cut)
     whole = FeatureState(config, "label").update_many(frame)
     first = FeatureState(config, "label")
@@ -145,6 +160,31 @@ def test_restored_state_continues_identically(frame: pd.DataFrame, cut: float) -
     restored = FeatureState.from_dict(json.loads(json.dumps(first.to_dict(), allow_nan=False)))
     tail = restored.update_many(frame.iloc[split:])
     assert np.array_equal(pd.concat([head, tail]).to_numpy(), whole.to_numpy())
+
+
+def test_long_lived_entity_stays_exact_and_bounded() -> None:
+    """Thousands of events of one entity: trims and prefix rebases keep parity and bounds."""
+    config = BehaviouralConfig(
+        windows=["30s"], last_n=[5], values=["amount"], aggregates=ALL_AGGREGATES,
+        session_gap="10s", entity_ttl="1h",
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    n = 12_000
+    times = np.cumsum(rng.choice([0.0, 0.5, 1.0, 3.0, 20.0], n))
+    amounts = 1e3 + rng.integers(0, 100, n) / 100  # near-constant: the variance cancels
+    frame = frame_of(times, amounts=amounts)
+    batch = compute_batch(frame, config, "time")
+    whole = FeatureState(config)
+    many = whole.update_many(frame)
+    np.testing.assert_allclose(many.to_numpy(), batch.to_numpy(), **TOL)
+    entity = whole._tables[0][None]
+    assert len(entity.times) < 200  # trimmed to what the windows can see
+    assert max(abs(h) for h in entity.ph[0]) < 500 * 1001  # rebased: not the 1.2e7 of all
+    first = FeatureState(config)
+    head = first.update_many(frame.iloc[: n // 2])
+    restored = FeatureState.from_dict(json.loads(json.dumps(first.to_dict())))
+    tail = restored.update_many(frame.iloc[n // 2 :])
+    assert np.array_equal(pd.concat([head, tail]).to_numpy(), many.to_numpy())
 
 
 # --- hand-computed examples ---------------------------------------------------------------------
@@ -434,3 +474,103 @@ def test_update_many_dead_letters_match_update() -> None:
     assert reasons == [letter.reason for letter in one_state.dead_letters]
     assert reasons[0] == "entity column 'customer' is missing"
     assert "amount" in reasons[1] and "label must be 0, 1 or missing" in reasons[2]
+
+
+# --- composite entity keys ----------------------------------------------------------------------
+
+PAIR = BehaviouralConfig(
+    entity_keys=[["customer", "terminal"], "customer"],
+    windows=["1m"],
+    last_n=[],
+    values=["amount"],
+    aggregates=["count", "sum"],
+    session_gap=None,
+    time_since_previous=False,
+)
+
+
+def test_composite_key_is_the_combination_of_its_columns() -> None:
+    frame = frame_of(
+        [0, 1, 2, 3, 4],
+        customers=["a", "a", "b", "a", "a"],
+        terminals=[1, 2, 1, 1, 2],
+        amounts=[1, 2, 4, 8, 16],
+    )
+    out = both(PAIR, frame)
+    assert list(out.columns) == [
+        "customer+terminal__count_1m",
+        "customer+terminal__amount_sum_1m",
+        "customer__count_1m",
+        "customer__amount_sum_1m",
+    ]
+    assert out["customer+terminal__count_1m"].tolist() == [0, 0, 0, 1, 1]  # (a,1) / (a,2) apart
+    assert out["customer+terminal__amount_sum_1m"].tolist() == [0, 0, 0, 1, 2]
+    assert out["customer__count_1m"].tolist() == [0, 1, 0, 2, 3]
+    # the same features as a single key column holding the combination
+    joined = frame.assign(pair=frame["customer"] + "|" + frame["terminal"].astype(str))
+    single = compute_batch(joined, PAIR.model_copy(update={"entity_keys": ["pair"]}), "time")
+    np.testing.assert_array_equal(single.to_numpy(), out.iloc[:, :2].to_numpy())
+
+
+def test_composite_keys_from_yaml_and_entity_columns() -> None:
+    raw = yaml.safe_load("entity_keys: [[account_id, country], device_id, account_id]")
+    config = behavioural_config_from_dict(raw)
+    assert config.entity_keys == [["account_id", "country"], "device_id", "account_id"]
+    assert config.entity_columns == ["account_id", "country", "device_id"]
+    assert feature_names(config)[0] == "account_id+country__count_1h"
+    assert BehaviouralConfig().entity_columns == []
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ([["customer"]], "at least 2 distinct columns"),
+        ([["customer", "customer"]], "at least 2 distinct columns"),
+        ([["customer", "terminal", "customer"]], "at least 2 distinct columns"),
+        ([["customer", "terminal"], ["terminal", "customer"]], "duplicate entity key"),
+        (["customer", "customer"], "duplicate entity key"),
+        (["customer+terminal", ["customer", "terminal"]], "same feature prefix"),
+        ([[]], "at least 2 distinct columns"),
+    ],
+)
+def test_bad_composite_keys_are_one_line_errors(keys, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        behavioural_config_from_dict({"entity_keys": keys})
+    one_line(caught.value)
+
+
+def test_missing_part_of_a_composite_key_names_the_column() -> None:
+    frame = frame_of([0, 1], customers=["a", "a"], terminals=[1, None])
+    with pytest.raises(InputError) as caught:
+        compute_batch(frame, PAIR, "time")
+    assert "entity column 'terminal'" in one_line(caught.value) and "row 1" in str(caught.value)
+    state = FeatureState(PAIR)
+    out = state.update_many(frame)
+    assert out.index.tolist() == [0]
+    assert [letter.reason for letter in state.dead_letters] == [
+        "entity column 'terminal' is missing"
+    ]
+    assert state.update({"time": 2.0, "customer": "a", "amount": 1.0}) is None
+    assert state.dead_letters[-1].reason == "missing column 'terminal'"
+    with pytest.raises(InputError, match="'terminal'"):
+        compute_batch(frame.drop(columns="terminal"), PAIR, "time")
+
+
+def test_composite_keys_round_trip_through_json_as_tuples() -> None:
+    frame = frame_of([0, 1, 2], customers=["a", "b", "a"], terminals=[1, 1, 2])
+    state = FeatureState(PAIR)
+    state.update_many(frame)
+    document = json.loads(json.dumps(state.to_dict(), allow_nan=False))
+    assert [key for key, _ in document["entities"][0]] == [["a", 1], ["b", 1], ["a", 2]]
+    restored = FeatureState.from_dict(document)
+    assert list(restored._tables[0]) == [("a", 1), ("b", 1), ("a", 2)]
+    assert list(restored._tables[1]) == ["a", "b"]
+    later = frame_of([3], customers=["a"], terminals=[1])
+    pd.testing.assert_frame_equal(restored.update_many(later), state.update_many(later))
+    document["entities"][0][0][0] = ["a", 1, "extra"]
+    with pytest.raises(ArtifactError, match="2 parts"):
+        FeatureState.from_dict(document)
+    document["entities"][0][0][0] = ["a", 1]
+    document["entities"][1][0][0] = ["a"]
+    with pytest.raises(ArtifactError, match="one column"):
+        FeatureState.from_dict(document)

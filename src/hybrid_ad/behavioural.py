@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -61,6 +61,9 @@ None (about 31.7 years: larger than any real gap)."""
 GLOBAL_PREFIX = "global"
 """Feature-name prefix when there are no entity keys (all events form one entity)."""
 
+COMPOSITE_JOIN = "+"
+"""Joins the columns of a composite entity key into its feature-name prefix."""
+
 
 def parse_duration(spec: str) -> float:
     """Seconds in a duration such as '90s', '30m', '1h', '7d' or '2w'."""
@@ -81,6 +84,15 @@ def _unique(items: Sequence[Any], what: str) -> None:
     seen = [item for index, item in enumerate(items) if item in items[:index]]
     if seen:
         raise ValueError(f"duplicate {what}: {seen[0]!r}")
+
+
+def _key_columns(key: str | Sequence[str]) -> tuple[str, ...]:
+    """The columns of an entity key: one for a plain key, several for a composite one."""
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+def _key_prefix(key: str | Sequence[str]) -> str:
+    return COMPOSITE_JOIN.join(_key_columns(key))
 
 
 class LabelRiskConfig(BaseModel):
@@ -109,10 +121,12 @@ class BehaviouralConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    entity_keys: list[str] = Field(
+    entity_keys: list[str | list[str]] = Field(
         default_factory=list,
         description="columns identifying entities (customer_id, terminal_id); each key gets its "
-        "own feature set; empty = all events form one global entity",
+        "own feature set; a list of columns is one composite key, the combination of their "
+        "values ([customer_id, terminal_id]: this customer at this terminal); empty = all "
+        "events form one global entity",
     )
     windows: list[str] = Field(
         default_factory=lambda: ["1h", "1d"],
@@ -146,11 +160,41 @@ class BehaviouralConfig(BaseModel):
         "afresh, in both engines); at least the longest time horizon; None = never",
     )
 
-    @field_validator("entity_keys", "values")
+    @field_validator("values")
     @classmethod
     def _unique_columns(cls, columns: list[str]) -> list[str]:
         _unique(columns, "column")
         return columns
+
+    @field_validator("entity_keys")
+    @classmethod
+    def _valid_entity_keys(cls, keys: list[str | list[str]]) -> list[str | list[str]]:
+        for key in keys:
+            columns = _key_columns(key)
+            if not isinstance(key, str) and (len(columns) < 2 or len(set(columns)) < len(columns)):
+                raise ValueError(
+                    f"composite entity key {key!r} must name at least 2 distinct columns, each once"
+                )
+        for index, key in enumerate(keys):
+            for earlier in keys[:index]:
+                # [a, b] and [b, a] group the events alike: the same entity twice.
+                if set(_key_columns(key)) == set(_key_columns(earlier)):
+                    same = "" if key == earlier else f" (same columns as {earlier!r})"
+                    raise ValueError(f"duplicate entity key: {key!r}{same}")
+                if _key_prefix(key) == _key_prefix(earlier):
+                    raise ValueError(
+                        f"entity keys {earlier!r} and {key!r} give the same feature prefix "
+                        f"{_key_prefix(key)!r}"
+                    )
+        return keys
+
+    @property
+    def entity_columns(self) -> list[str]:
+        """Every column used in an entity key, once each, in order of first use.
+
+        These are the columns whose role is "entity", plain or as part of a composite key.
+        """
+        return list(dict.fromkeys(col for key in self.entity_keys for col in _key_columns(key)))
 
     @field_validator("windows")
     @classmethod
@@ -229,7 +273,12 @@ def behavioural_config_from_dict(raw: Any, source: str = "<behavioural>") -> Beh
 class _Plan:
     """Everything both engines need, derived once from the config."""
 
-    keys: tuple[str, ...]
+    keys: tuple[tuple[str, ...], ...]
+    """Columns of each entity key (one for a plain key); empty for the global entity."""
+    columns: tuple[str, ...]
+    """Every entity column once (`BehaviouralConfig.entity_columns`)."""
+    key_positions: tuple[tuple[int, ...], ...]
+    """Per key, the positions of its columns in `columns`."""
     prefixes: tuple[str, ...]
     time_windows: tuple[float, ...]
     last_n: tuple[int, ...]
@@ -276,9 +325,13 @@ def _plan(config: BehaviouralConfig) -> _Plan:
     risk = config.label_risk
     ttl = math.inf if config.entity_ttl is None else parse_duration(config.entity_ttl)
     delay = parse_duration(risk.delay) if risk else None
+    keys = tuple(_key_columns(key) for key in config.entity_keys)
+    columns = tuple(config.entity_columns)
     return _Plan(
-        keys=tuple(config.entity_keys),
-        prefixes=tuple(config.entity_keys) or (GLOBAL_PREFIX,),
+        keys=keys,
+        columns=columns,
+        key_positions=tuple(tuple(columns.index(col) for col in key) for key in keys),
+        prefixes=tuple(_key_prefix(key) for key in config.entity_keys) or (GLOBAL_PREFIX,),
         time_windows=tuple(parse_duration(w) for w in config.windows),
         last_n=tuple(config.last_n),
         window_labels=tuple(_duration_label(w) for w in config.windows)
@@ -410,7 +463,8 @@ def _batch_labels(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.where(np.isnan(raw), -1, raw).astype(np.int8)
 
 
-def _entity_codes(frame: pd.DataFrame, column: str) -> np.ndarray:
+def _entity_codes(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, int]:
+    """Integer code of each row's value in an entity column, and the number of codes."""
     series = frame[column]
     missing = series.isna().to_numpy()
     if missing.any():
@@ -419,8 +473,27 @@ def _entity_codes(frame: pd.DataFrame, column: str) -> np.ndarray:
             f"behavioural features: entity column '{column}' has a missing value at row {row} "
             f"(index {frame.index[row]!r})"
         )
-    codes, _ = pd.factorize(series)
-    return codes.astype(np.int64)
+    codes, uniques = pd.factorize(series)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _combined_codes(parts: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
+    """One code per distinct combination of the parts' codes (all zero for no parts).
+
+    The codes are mixed-radix numbers, re-factorized only when they could overflow int64:
+    on 1.5M rows this measured 5x faster than groupby().ngroup() and 70x faster than
+    MultiIndex.factorize(). They need not be dense: they are only sorted and compared.
+    """
+    if not parts:
+        return np.zeros(n, np.int64)
+    codes, size = parts[0]
+    for more, radix in parts[1:]:
+        if size * radix >= 2**62:
+            codes, uniques = pd.factorize(codes)
+            size = len(uniques)
+        codes = codes * radix + more
+        size *= radix
+    return codes
 
 
 def _dd_prefix(hi: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -496,13 +569,14 @@ def compute_batch(
     """
     plan = _plan(config)
     _require_columns(frame, [time_column], "time")
-    _require_columns(frame, plan.keys, "entity")
+    _require_columns(frame, plan.columns, "entity")
     _require_columns(frame, plan.values, "value")
     if plan.risk_delay is not None:
         if label_column is None:
             raise InputError("behavioural features: label_risk is configured but no label column")
         _require_columns(frame, [label_column], "label")
     times = _batch_times(frame, time_column)
+    column_codes = [_entity_codes(frame, column) for column in plan.columns]
     values = [_numeric(frame, column, "value") for column in plan.values]
     labels = _batch_labels(frame, label_column) if plan.risk_delay is not None else None
     n = len(frame)
@@ -511,8 +585,8 @@ def compute_batch(
     if n:
         ranks = _TimeRanks(times)
         width = len(plan.key_suffixes())
-        for index, key in enumerate(plan.keys or (None,)):
-            codes = np.zeros(n, np.int64) if key is None else _entity_codes(frame, key)
+        for index, positions in enumerate(plan.key_positions or ((),)):
+            codes = _combined_codes([column_codes[i] for i in positions], n)
             block = out[index * width : (index + 1) * width]
             _batch_one_key(plan, codes, times, values, labels, ranks, block)
     return pd.DataFrame(out.T, index=frame.index, columns=names, copy=False)
@@ -671,6 +745,11 @@ class _Entity:
 
 
 _MIN_TRIM = 32
+"""Trim an entity's buffer when it reaches this many events, or twice what the last trim kept."""
+_REBASE_EVERY = 64
+"""Rebase the prefix sums whenever the buffer head passes a multiple of this many events: as
+accurate as rebasing at every trim on long near-constant streams (1e6 +- 0.5: std within
+6e-11, against 7e-9 for every 1024), for a fraction of the cost."""
 
 
 class FeatureState:
@@ -701,6 +780,7 @@ class FeatureState:
         self.evicted = 0
         self._plan = plan
         self._names = plan.names()
+        self._plain_keys = all(len(key) == 1 for key in plan.keys)  # then keys = entity columns
         self._tables: list[dict[Any, _Entity]] = [{} for _ in plan.prefixes]
         self._watermark = -math.inf
         self._next_sweep = -math.inf
@@ -709,16 +789,27 @@ class FeatureState:
         self._nv = len(plan.values)
         self._ntime = len(plan.time_windows)
         self._nw = plan.n_windows
-        self._window_range = range(plan.n_windows)
+        # (index, seconds, 0) per time window, then (index, 0.0, N) per last-N window
+        self._windows = tuple((w, span, 0) for w, span in enumerate(plan.time_windows)) + tuple(
+            (self._ntime + w, 0.0, size) for w, size in enumerate(plan.last_n)
+        )
+        self._max_last_n = max(plan.last_n, default=0)
         self._value_range = range(len(plan.values))
+        self._count = plan.count
         aggs = set(plan.value_aggregates)
         self._want = tuple(agg in aggs for agg in AGGREGATES[1:])
         self._need_sq = "std" in aggs
         self._need_min = "min" in aggs
         self._need_max = "max" in aggs
-        self._need_ext = self._need_min or self._need_max
         empty = [0.0 if agg != "ratio_to_mean" else 1.0 for agg in plan.value_aggregates]
         self._empty_values = empty * len(plan.values)
+        self._since_previous = plan.since_previous
+        self._gap_fill = plan.gap_fill
+        self._session_gap = plan.session_gap
+        self._risk_delay = plan.risk_delay
+        self._risk_horizon = plan.risk_horizon
+        self._ttl = plan.ttl
+        self._lateness = plan.lateness
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -742,20 +833,23 @@ class FeatureState:
         Returns None, and appends a `DeadLetter`, if the event is too late or malformed.
         """
         parsed = self._parse(event)
-        if isinstance(parsed, str):
-            self.dead_letters.append(DeadLetter(dict(event), parsed))
-            return None
-        row = self._advance(*parsed)
-        if isinstance(row, str):
-            self.dead_letters.append(DeadLetter(dict(event), row))
+        row: list[float] = []
+        reason = parsed if isinstance(parsed, str) else self._advance(*parsed, row)
+        if reason is not None:
+            self.dead_letters.append(DeadLetter(dict(event), reason))
             return None
         return dict(zip(self._names, row, strict=True))
 
     def update_many(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """`update` for each row in order; rows refused as dead letters are left out."""
+        """`update` for each row in order; rows refused as dead letters are left out.
+
+        The rows stream through without a Python object per row that outlives it: objects
+        that pile up make the cyclic garbage collector run over and over (measured: about a
+        fifth of the time when each row's features were a list of their own).
+        """
         plan = self._plan
         needed = [(self.time_column, "time")]
-        needed += [(key, "entity") for key in plan.keys]
+        needed += [(column, "entity") for column in plan.columns]
         needed += [(value, "value") for value in plan.values]
         if plan.risk_delay is not None and self.label_column is not None:
             needed.append((self.label_column, "label"))
@@ -767,41 +861,40 @@ class FeatureState:
         suspect = ~np.isfinite(time_array)  # rows to check one by one for a dead-letter reason
         for array in value_arrays:
             suspect |= ~np.isfinite(array)
-        for key in plan.keys:
-            suspect |= frame[key].isna().to_numpy()
-        labels: list[Any] = [-1] * n
+        for column in plan.columns:
+            suspect |= frame[column].isna().to_numpy()
+        labels: list[int] = [-1] * n
         if plan.risk_delay is not None and self.label_column is not None:
             raw = frame[self.label_column]
             numeric = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
             suspect |= ~(np.isnan(numeric) | (numeric == 0.0) | (numeric == 1.0))
             suspect |= np.isnan(numeric) & raw.notna().to_numpy()
             labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64).tolist()
-        times = time_array.tolist()
-        keys = [frame[key].tolist() for key in plan.keys]
-        key_tuples: list[tuple[Any, ...]] = list(zip(*keys, strict=True)) if keys else [()] * n
-        value_rows: list[list[float]] = (
-            [list(r) for r in zip(*[a.tolist() for a in value_arrays], strict=True)]
-            if value_arrays
-            else [[] for _ in range(n)]
+        columns = {column: frame[column].tolist() for column in plan.columns}
+        per_key = [
+            columns[key[0]] if len(key) == 1 else zip(*(columns[c] for c in key), strict=True)
+            for key in plan.keys
+        ]
+        keys = zip(*per_key, strict=True) if per_key else [(None,)] * n
+        xs_rows = (
+            zip(*(a.tolist() for a in value_arrays), strict=True) if value_arrays else [()] * n
         )
         suspects = set(np.flatnonzero(suspect).tolist())
-        rows: list[list[float]] = []
+        out: list[float] = []  # every kept row's features, one after the other
         kept: list[int] = []
         advance = self._advance
-        for i in range(n):
-            result: list[float] | str
+        rows = zip(range(n), time_array.tolist(), keys, xs_rows, labels, strict=True)
+        for i, t, key, xs, label in rows:
             if i in suspects:  # slow path: find the reason, as `update` would
-                result = self._parse(frame.iloc[i].to_dict())
-                if not isinstance(result, str):
-                    result = advance(*result)
+                parsed = self._parse(frame.iloc[i].to_dict())
+                reason = parsed if isinstance(parsed, str) else advance(*parsed, out)
             else:
-                result = advance(times[i], key_tuples[i], value_rows[i], labels[i])
-            if isinstance(result, str):
-                self.dead_letters.append(DeadLetter(frame.iloc[i].to_dict(), result))
-            else:
-                rows.append(result)
+                reason = advance(t, key, xs, label, out)
+            if reason is None:
                 kept.append(i)
-        data = np.array(rows, dtype=np.float64).reshape(len(rows), len(self._names))
+            else:
+                self.dead_letters.append(DeadLetter(frame.iloc[i].to_dict(), reason))
+        data = np.fromiter(out, np.float64, len(out)).reshape(len(kept), len(self._names))
         return pd.DataFrame(data, index=frame.index[kept], columns=self._names)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -839,9 +932,10 @@ class FeatureState:
             state.evicted = int(data["evicted"])
             if len(data["entities"]) != len(state._tables):
                 raise ValueError("entity tables do not match the entity keys")
-            for table, items in zip(state._tables, data["entities"], strict=True):
-                for key, ent in items:
-                    table[key] = state._entity_from_dict(ent)
+            widths = [len(key) for key in state._plan.keys] or [1]  # the global key is None
+            for table, items, width in zip(state._tables, data["entities"], widths, strict=True):
+                for value, ent in items:
+                    table[_from_json_key(value, width)] = state._entity_from_dict(ent)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
         return state
@@ -865,7 +959,7 @@ class FeatureState:
         plan = self._plan
         try:
             t = float(event[self.time_column])
-            keys = tuple(event[key] for key in plan.keys)
+            entity = tuple([event[column] for column in plan.columns])
             xs = [float(event[value]) for value in plan.values]
             label = -1
             if plan.risk_delay is not None and self.label_column is not None:
@@ -874,12 +968,26 @@ class FeatureState:
             return f"missing column {exc.args[0]!r}"
         except (TypeError, ValueError) as exc:
             return f"bad value: {exc}"
-        return _check_event(t, keys, xs, label, plan) or (t, keys, xs, label)
+        return _check_event(t, entity, xs, plan) or (t, self._table_keys(entity), xs, label)
 
-    def _advance(self, t: float, keys: tuple, xs: list[float], label: int) -> list[float] | str:
-        """Features of one validated event, then fold it into every key's entity state."""
-        floor = self._watermark - self._plan.lateness
-        if t < floor:
+    def _table_keys(self, entity: tuple) -> tuple:
+        """Per entity table its key: the column's value, a tuple for a composite key, or None
+        for the global entity."""
+        if not self._plan.keys:
+            return (None,)
+        if self._plain_keys:
+            return entity
+        return tuple(
+            entity[at[0]] if len(at) == 1 else tuple(entity[i] for i in at)
+            for at in self._plan.key_positions
+        )
+
+    def _advance(
+        self, t: float, keys: tuple, xs: Sequence[float], label: int, out: list[float]
+    ) -> str | None:
+        """Append the features of one validated event to `out`, then fold the event into every
+        key's entity; or say why it is too late, changing nothing."""
+        if t < self._watermark - self._lateness:
             return (
                 f"late: time {t!r} is more than allowed_lateness "
                 f"({self.config.allowed_lateness}) before the latest time seen "
@@ -887,22 +995,16 @@ class FeatureState:
             )
         if t > self._watermark:
             self._watermark = t
-        squares = [_square(x) for x in xs] if self._need_sq else [(0.0, 0.0)] * self._nv
-        row: list[float] = []
-        plan = self._plan
-        for index, table in enumerate(self._tables):
-            key = keys[index] if keys else None
+        for table, key in zip(self._tables, keys, strict=True):
             ent = table.get(key)
-            te = t
-            if ent is None or te - ent.last_t > plan.ttl:
-                ent = table[key] = self._new_entity(te)
-            elif te < ent.last_t:
-                te = ent.last_t  # late within the allowed lateness: keep the entity ordered
-            self._features(ent, te, xs, row)
-            self._learn(ent, te, xs, squares, label)
+            if ent is None or t - ent.last_t > self._ttl:
+                ent = table[key] = self._new_entity(t)
+            te = t if t >= ent.last_t else ent.last_t  # late, but allowed: keep the entity ordered
+            self._features(ent, te, xs, out)
+            self._learn(ent, te, xs, label)
         if self._watermark >= self._next_sweep:
             self._sweep()
-        return row
+        return None
 
     def _new_entity(self, t: float) -> _Entity:
         ent = _Entity()
@@ -918,45 +1020,43 @@ class FeatureState:
         ent.qh = [[0.0] for _ in range(nv)]
         ent.ql = [[0.0] for _ in range(nv)]
         ent.starts = [0] * self._ntime
-        # Cached [min, its sequence, max, its sequence] per window and value; -1 = unknown.
-        ent.ext = [[[0.0, -1, 0.0, -1] for _ in range(nv)] for _ in range(self._nw)]
+        # Cached [min, its sequence, max, its sequence] per window and value: never above
+        # (min) / below (max) a value in the window; sequence -1 = rescan before use.
+        ent.ext = [[[math.inf, -1, -math.inf, -1] for _ in range(nv)] for _ in range(self._nw)]
         ent.sess = [t, 0, [[0.0, 0.0] for _ in range(nv)]]  # start time, events, value sums
         ent.lab = [0, 0, 0, 0]  # lo, hi, labelled, anomalous
         ent.trim_at = _MIN_TRIM
         return ent
 
-    def _features(self, ent: _Entity, t: float, xs: list[float], row: list[float]) -> None:
-        plan = self._plan
+    def _features(self, ent: _Entity, t: float, xs: Sequence[float], out: list[float]) -> None:
+        """Append the features of an event at `t` from its entity's buffered history."""
+        append = out.append
         seq = ent.end
         base = ent.base
-        times = ent.times
         e = seq - base
-        want_sum, want_mean, want_std, want_min, want_max, want_ratio = self._want
-        ntime = self._ntime
-        value_range = self._value_range
+        times = ent.times
         starts = ent.starts
-        for w in self._window_range:
-            if w < ntime:
+        count = self._count
+        want_sum, want_mean, want_std, want_min, want_max, want_ratio = self._want
+        for w, span, size in self._windows:
+            if size:  # last-N
+                st = seq - size if seq > size else 0
+            else:  # time window: move its start past the events older than t - span
                 st = starts[w]
-                bound = t - plan.time_windows[w]
-                if st < seq and times[st - base] < bound:
+                bound = t - span
+                while st < seq and times[st - base] < bound:
                     st += 1
-                    while st < seq and times[st - base] < bound:
-                        st += 1
-                    starts[w] = st
-            else:
-                st = seq - plan.last_n[w - ntime]
-                if st < 0:
-                    st = 0
+                starts[w] = st
             n = seq - st
-            if plan.count:
-                row.append(float(n))
+            if count:
+                append(float(n))
             if not n:
-                row.extend(self._empty_values)
+                out += self._empty_values
                 continue
             s0 = st - base
-            for v in value_range:
-                ph = ent.ph[v]
+            exts = ent.ext[w]
+            for v in self._value_range:
+                ph = ent.ph[v]  # the window sum: a double-double difference of two prefixes
                 pl = ent.pl[v]
                 a = ph[e]
                 b = -ph[s0]
@@ -966,9 +1066,9 @@ class FeatureState:
                 total = s_hi + s_lo
                 mean = total / n
                 if want_sum:
-                    row.append(total)
+                    append(total)
                 if want_mean:
-                    row.append(mean)
+                    append(mean)
                 if want_std:
                     if n > 1:
                         ph = ent.qh[v]
@@ -984,76 +1084,76 @@ class FeatureState:
                             var = d / (n * n)
                         else:
                             var = _variance(float(n), s_hi, s_lo, q_hi, q_lo)
-                        row.append(math.sqrt(var) if var > 0.0 else 0.0)
+                        append(math.sqrt(var) if var > 0.0 else 0.0)
                     else:
-                        row.append(0.0)
-                if want_min:
-                    ext = ent.ext[w][v]
-                    if ext[1] < st:  # the cached minimum left the window: rescan it
-                        part = ent.x[v][s0:e]
-                        ext[0] = m = min(part)
-                        ext[1] = st + part.index(m)
-                    row.append(ext[0])
-                if want_max:
-                    ext = ent.ext[w][v]
-                    if ext[3] < st:
-                        part = ent.x[v][s0:e]
-                        ext[2] = m = max(part)
-                        ext[3] = st + part.index(m)
-                    row.append(ext[2])
+                        append(0.0)
+                if want_min or want_max:
+                    ext = exts[v]
+                    if want_min:
+                        if ext[1] < st:  # the cached minimum left the window: rescan it
+                            part = ent.x[v][s0:e]
+                            ext[0] = m = min(part)
+                            ext[1] = st + part.index(m)
+                        append(ext[0])
+                    if want_max:
+                        if ext[3] < st:
+                            part = ent.x[v][s0:e]
+                            ext[2] = m = max(part)
+                            ext[3] = st + part.index(m)
+                        append(ext[2])
                 if want_ratio:
-                    row.append(xs[v] / mean if mean != 0.0 else 1.0)
-        fresh = seq == 0
-        if plan.since_previous:
-            row.append(plan.gap_fill if fresh else t - ent.last_t)
-        if plan.session_gap is not None:
+                    append(xs[v] / mean if mean != 0.0 else 1.0)
+        if self._since_previous:
+            append(t - ent.last_t if seq else self._gap_fill)
+        if self._session_gap is not None:
             sess = ent.sess
-            if not fresh and t - ent.last_t > plan.session_gap:
+            if seq and t - ent.last_t > self._session_gap:
                 sess[0] = t
                 sess[1] = 0
                 for pair in sess[2]:
                     pair[0] = pair[1] = 0.0
-            row.append(float(sess[1]))
-            row.append(t - sess[0])
+            append(float(sess[1]))
+            append(t - sess[0])
             for pair in sess[2]:
-                row.append(pair[0] + pair[1])
-        if plan.risk_delay is not None:
-            lab = ent.lab
-            lo, hi, known, bad = lab
-            labels = ent.labels
-            bound = t - plan.risk_delay
-            while hi < seq and times[hi - base] <= bound:
-                code = labels[hi - base]
-                if code >= 0:
-                    known += 1
-                    bad += code
-                hi += 1
-            bound = t - plan.risk_horizon  # type: ignore[operator]
-            while lo < hi and times[lo - base] <= bound:
-                code = labels[lo - base]
-                if code >= 0:
-                    known -= 1
-                    bad -= code
-                lo += 1
-            lab[0], lab[1], lab[2], lab[3] = lo, hi, known, bad
-            row.append(bad / known if known else 0.0)
-            row.append(float(known))
+                append(pair[0] + pair[1])
+        if self._risk_delay is not None:
+            self._label_features(ent, t, append)
 
-    def _learn(
-        self,
-        ent: _Entity,
-        t: float,
-        xs: list[float],
-        squares: list[tuple[float, float]],
-        label: int,
-    ) -> None:
+    def _label_features(self, ent: _Entity, t: float, append: Callable[[float], None]) -> None:
+        """Move the label range (t - delay - window, t - delay] forward; append its rate."""
+        seq = ent.end
+        base = ent.base
+        times = ent.times
+        labels = ent.labels
+        lab = ent.lab
+        lo, hi, known, bad = lab
+        bound = t - self._risk_delay  # type: ignore[operator]
+        while hi < seq and times[hi - base] <= bound:
+            code = labels[hi - base]
+            if code >= 0:
+                known += 1
+                bad += code
+            hi += 1
+        bound = t - self._risk_horizon  # type: ignore[operator]
+        while lo < hi and times[lo - base] <= bound:
+            code = labels[lo - base]
+            if code >= 0:
+                known -= 1
+                bad -= code
+            lo += 1
+        lab[0], lab[1], lab[2], lab[3] = lo, hi, known, bad
+        append(bad / known if known else 0.0)
+        append(float(known))
+
+    def _learn(self, ent: _Entity, t: float, xs: Sequence[float], label: int) -> None:
+        """Append the event to its entity's buffer, prefix sums, extreme caches and session."""
         seq = ent.end
         ent.times.append(t)
         ent.labels.append(label)
         need_sq = self._need_sq
-        need_ext = self._need_ext
-        for v in self._value_range:
-            x = xs[v]
+        need_min = self._need_min
+        need_max = self._need_max
+        for v, x in enumerate(xs):
             ent.x[v].append(x)
             prefix = ent.ph[v]  # a TwoSum step of the prefix; its error goes to the low part
             s = prefix[-1]
@@ -1063,7 +1163,7 @@ class FeatureState:
             low = ent.pl[v]
             low.append(low[-1] + ((s - (u - bp)) + (x - bp)))
             if need_sq:
-                h, lo = squares[v]
+                h, lo = _square(x)
                 prefix = ent.qh[v]
                 s = prefix[-1]
                 u = s + h
@@ -1071,15 +1171,14 @@ class FeatureState:
                 prefix.append(u)
                 low = ent.ql[v]
                 low.append(low[-1] + (((s - (u - bp)) + (h - bp)) + lo))
-            if need_ext:
-                # The cache never exceeds (min) / falls below (max) any value in its window,
-                # so a new value that reaches it is the window's new extreme.
+            if need_min or need_max:
+                # A new value that reaches a cached extreme is its window's new extreme.
                 for per_value in ent.ext:
                     ext = per_value[v]
-                    if x <= ext[0] or ext[1] < 0:
+                    if need_min and x <= ext[0]:
                         ext[0] = x
                         ext[1] = seq
-                    if x >= ext[2] or ext[3] < 0:
+                    if need_max and x >= ext[2]:
                         ext[2] = x
                         ext[3] = seq
             pair = ent.sess[2][v]  # the session sum: a compensated running sum
@@ -1097,16 +1196,19 @@ class FeatureState:
     def _trim(self, ent: _Entity) -> None:
         """Drop buffered events no window can see any more (amortised O(1) per event).
 
-        The prefix sums are rebased to start at zero again, so their magnitude (and rounding)
-        stays that of the buffered events, however long the entity lives.
+        Every time the buffer head passes a multiple of `_REBASE_EVERY` events, the prefix sums
+        are rebased to start at zero again, so their magnitude (and rounding) stays that of at
+        most the last `_REBASE_EVERY` + buffered events, however long the entity lives.
+        Rebasing at every trim cost about a tenth of the live engine's time.
         """
         keep = min(ent.starts, default=ent.end)
-        if self._plan.last_n:
-            keep = min(keep, ent.end - max(self._plan.last_n))
-        if self._plan.risk_delay is not None:
+        if self._max_last_n:
+            keep = min(keep, ent.end - self._max_last_n)
+        if self._risk_delay is not None:
             keep = min(keep, ent.lab[0])
         drop = keep - ent.base
         if drop > 0:
+            rebase = keep // _REBASE_EVERY != ent.base // _REBASE_EVERY
             del ent.times[:drop]
             del ent.labels[:drop]
             prefixes = [(ent.ph, ent.pl), (ent.qh, ent.ql)] if self._need_sq else [(ent.ph, ent.pl)]
@@ -1115,7 +1217,8 @@ class FeatureState:
                 for highs, lows in prefixes:
                     del highs[v][:drop]
                     del lows[v][:drop]
-                    highs[v], lows[v] = _rebase(highs[v], lows[v])
+                    if rebase:
+                        highs[v], lows[v] = _rebase(highs[v], lows[v])
             ent.base = keep
         ent.trim_at = max(_MIN_TRIM, 2 * len(ent.times))
 
@@ -1196,11 +1299,25 @@ def _entity_to_dict(ent: _Entity) -> dict[str, Any]:
 
 
 def _json_key(key: Any) -> Any:
+    """A JSON value for an entity key; JSON has no tuples, so a composite key becomes a list."""
+    if isinstance(key, tuple):
+        return [_json_key(part) for part in key]
     if isinstance(key, np.generic):
         key = key.item()
     if key is not None and not isinstance(key, str | int | float | bool):
         raise InputError(f"behavioural state: entity key {key!r} cannot be saved as JSON")
     return key
+
+
+def _from_json_key(value: Any, n_columns: int) -> Any:
+    """The entity key `_json_key` saved: a tuple again for a composite key."""
+    if n_columns == 1:
+        if isinstance(value, list):
+            raise ValueError(f"entity key {value!r} is a list, but the key has one column")
+        return value
+    if not isinstance(value, list) or len(value) != n_columns:
+        raise ValueError(f"composite entity key {value!r} does not have {n_columns} parts")
+    return tuple(value)
 
 
 def _json_float(value: float) -> float | str:
@@ -1231,18 +1348,11 @@ def _label_code(label: Any) -> int:
     raise ValueError(f"label must be 0, 1 or missing, got {label!r}")
 
 
-def _label_or_reason(label: Any) -> int | str:
-    try:
-        return _label_code(label)
-    except ValueError as exc:
-        return str(exc)
-
-
-def _check_event(t: float, keys: tuple, xs: list[float], label: int, plan: _Plan) -> str | None:
+def _check_event(t: float, entity: tuple, xs: list[float], plan: _Plan) -> str | None:
     """Why an event cannot be used, or None; mirrors the batch engine's input checks."""
     if not math.isfinite(t):
         return f"time {t!r} is not a finite number"
-    for name, key in zip(plan.keys, keys, strict=True):
+    for name, key in zip(plan.columns, entity, strict=True):
         if key is None or key is pd.NA or (isinstance(key, float) and math.isnan(key)):
             return f"entity column '{name}' is missing"
     for name, x in zip(plan.values, xs, strict=True):
