@@ -141,14 +141,19 @@ def test_saved_detector_scores_the_same(fitted, tmp_path: Path) -> None:
     )
 
 
-def test_label_free_stages_never_read_labels_with_behaviour() -> None:
-    """Even with delayed-label risk (truth mode), rules and autoencoder ignore the labels."""
-    config = behaviour_config("truth", label_risk={"window": "12h", "delay": "1h"})
+def original_and_permuted_labels() -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = entity_events()
     permuted = frame.copy()
     permuted["Class"] = np.random.default_rng(5).permutation(permuted["Class"].to_numpy())
+    assert (permuted["Class"] != frame["Class"]).any()
+    return frame, permuted
+
+
+def test_label_free_stages_never_read_labels_with_behaviour() -> None:
+    """Even with delayed-label risk (truth mode), rules and autoencoder ignore the labels."""
+    config = behaviour_config("truth", label_risk={"window": "12h", "delay": "1h"})
     outputs = []
-    for events in (frame, permuted):
+    for events in original_and_permuted_labels():
         train, validation, test = split_parts(events, config)
         detector = Detector(config).fit_unsupervised(train, validation)
         outputs.append(detector.stage_outputs(test, history=pd.concat([train, validation])))
@@ -160,11 +165,8 @@ def test_label_free_stages_never_read_labels_with_behaviour() -> None:
 
 def test_pseudo_mode_with_behaviour_never_reads_labels() -> None:
     config = behaviour_config()
-    frame = entity_events()
-    permuted = frame.copy()
-    permuted["Class"] = np.random.default_rng(5).permutation(permuted["Class"].to_numpy())
     scores = []
-    for events in (frame, permuted):
+    for events in original_and_permuted_labels():
         train, validation, test = split_parts(events, config)
         detector = Detector(config).fit(train, validation)
         scores.append(detector.score(test, history=pd.concat([train, validation])))
