@@ -422,10 +422,7 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], role: str) -> 
 
 
 def _numeric(frame: pd.DataFrame, column: str, role: str) -> np.ndarray:
-    series = frame[column]
-    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
-        series = pd.to_numeric(series, errors="coerce")
-    array = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    array = _as_array(frame[column])
     finite = np.isfinite(array)
     if not finite.all():
         row = int(np.argmin(finite))
