@@ -27,11 +27,11 @@ import pandas as pd  # noqa: E402
 
 from hybrid_ad.behavioural import (  # noqa: E402
     BehaviouralConfig,
-    FeatureState,
     LabelRiskConfig,
     compute_batch,
     feature_names,
 )
+from hybrid_ad.behavioural_live import FeatureState  # noqa: E402
 
 DAY = 86400.0
 

@@ -20,7 +20,8 @@ from pathlib import Path
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
-from hybrid_ad.behavioural import FeatureState, feature_names  # noqa: E402
+from hybrid_ad.behavioural import feature_names  # noqa: E402
+from hybrid_ad.behavioural_live import FeatureState  # noqa: E402
 from hybrid_ad.config import load_config  # noqa: E402
 from hybrid_ad.data import EVENT_SECONDS, validate_events  # noqa: E402
 from hybrid_ad.features import prepare_events  # noqa: E402

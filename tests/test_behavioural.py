@@ -15,13 +15,13 @@ from pydantic import ValidationError
 
 from hybrid_ad.behavioural import (
     BehaviouralConfig,
-    FeatureState,
     LabelRiskConfig,
     behavioural_config_from_dict,
     compute_batch,
     feature_names,
     parse_duration,
 )
+from hybrid_ad.behavioural_live import FeatureState
 from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}

@@ -23,7 +23,7 @@ import pandas as pd
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.autoencoder import Autoencoder
-from hybrid_ad.behavioural import DeadLetter, FeatureState
+from hybrid_ad.behavioural_live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
 from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
