@@ -2,35 +2,33 @@
 
 It computes the features `hybrid_ad.behavioural` declares, from each entity's history before the
 event, with bounded memory, and its state round-trips through JSON. The batch engine
-(`hybrid_ad.behavioural.compute_batch`) computes the same features over a whole history; the test
-suite proves the two agree to 1e-9 relative.
+(`hybrid_ad.behavioural.compute_batch`) computes the same features over a whole history with a
+different algorithm (vectorised prefix sums); the test suite proves the two agree to 1e-9
+relative. This module maps events and entity keys to the compiled kernel's slots
+(`hybrid_ad._live_kernel`), which holds the per-entity state in numpy arrays.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.behavioural import (
-    _CANCELLATION,
-    AGGREGATES,
-    BehaviouralConfig,
-    _as_array,
-    _Plan,
-    _plan,
-    _require_columns,
-    _square,
-    _variance,
-)
+from hybrid_ad import _live_kernel as kernel
+from hybrid_ad.behavioural import BehaviouralConfig, _as_array, _Plan, _plan, _require_columns
 from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
 __all__ = ["DeadLetter", "FeatureState"]
+
+_CHUNK = 65_536
+"""`update_many` works through this many rows at a time: entity slots are assigned per chunk
+and idle entities evicted between chunks, so memory stays bounded on long frames."""
+_MIN_HEAP_ROWS = 1024
 
 
 class DeadLetter(NamedTuple):
@@ -40,61 +38,23 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
-class _Entity:
-    """One entity's live state: a buffer of its recent events with running prefix sums.
+class _OneEvent:
+    """The kernel's input and output arrays for one event, allocated once: `update` fills them
+    in place instead of building six small arrays per event."""
 
-    Buffer positions are absolute sequence numbers (0 = the entity's first event since it was
-    last forgotten); list index = sequence - base. The prefix lists have one more element than
-    the buffer: ph[v][k] + pl[v][k] is the sum of value v over the buffered events before index
-    k (qh/ql: of its squares), so a window's sum is a difference of two prefixes, exactly as in
-    the batch engine.
-    """
-
-    __slots__ = (
-        "base",
-        "end",
-        "ext",
-        "lab",
-        "labels",
-        "last_t",
-        "ph",
-        "pl",
-        "qh",
-        "ql",
-        "sess",
-        "starts",
-        "times",
-        "trim_at",
-        "x",
-    )
-
-    base: int
-    end: int
-    ext: list[list[list[Any]]]
-    lab: list[int]
-    labels: list[int]
-    last_t: float
-    ph: list[list[float]]
-    pl: list[list[float]]
-    qh: list[list[float]]
-    ql: list[list[float]]
-    sess: list[Any]
-    starts: list[int]
-    times: list[float]
-    trim_at: int
-    x: list[list[float]]
-
-
-_MIN_TRIM = 32
-"""Trim an entity's buffer when it reaches this many events, or twice what the last trim kept."""
-_REBASE_EVERY = 64
-"""Rebase the prefix sums whenever the buffer head passes a multiple of this many events: as
-accurate as rebasing at every trim on long near-constant streams (1e6 +- 0.5: std within
-6e-11, against 7e-9 for every 1024), for a fraction of the cost."""
+    def __init__(self, n_values: int, n_keys: int, width: int) -> None:
+        self.times = np.zeros(1)
+        self.slots = np.zeros((1, n_keys), np.int64)
+        self.values = np.zeros((1, n_values))
+        self.labels = np.zeros(1, np.int64)
+        self.skip = np.zeros(1, np.bool_)
+        self.out = np.zeros((1, width))
+        self.status = np.zeros(1, np.int8)
+        self.late_at = np.zeros(1)
 
 
 class FeatureState:
-    """Incremental behavioural features: `update` one event at a time, bounded memory.
+    """Incremental behavioural features: `update` one event, or `update_many` a micro-batch.
 
     Per entity it keeps only the events some window can still see (the longest time window,
     the largest last-N, the label-risk horizon) and forgets entities idle for `entity_ttl`.
@@ -102,7 +62,7 @@ class FeatureState:
     """
 
     FORMAT = "hybrid-ad.behavioural-state"
-    VERSION = 1
+    VERSION = 2
 
     def __init__(
         self,
@@ -122,35 +82,38 @@ class FeatureState:
         self._plan = plan
         self._names = plan.names()
         self._plain_keys = all(len(key) == 1 for key in plan.keys)  # then keys = entity columns
-        self._tables: list[dict[Any, _Entity]] = [{} for _ in plan.prefixes]
-        self._watermark = -math.inf
+        self._tables: list[dict[Any, int]] = [{} for _ in plan.prefixes]  # entity key -> slot
         self._next_sweep = -math.inf
         self._sweep_every = plan.ttl / 8 if math.isfinite(plan.ttl) else math.inf
-        # Hot-path constants, so `update` reads attributes instead of recomputing them.
-        self._nv = len(plan.values)
-        self._ntime = len(plan.time_windows)
-        self._nw = plan.n_windows
-        # (index, seconds, 0) per time window, then (index, 0.0, N) per last-N window
-        self._windows = tuple((w, span, 0) for w, span in enumerate(plan.time_windows)) + tuple(
-            (self._ntime + w, 0.0, size) for w, size in enumerate(plan.last_n)
-        )
-        self._max_last_n = max(plan.last_n, default=0)
-        self._value_range = range(len(plan.values))
-        self._count = plan.count
+        # What the kernel needs of the plan: time windows, then last-N windows.
+        n_time = len(plan.time_windows)
+        self._spans = np.array(plan.time_windows + (0.0,) * len(plan.last_n))
+        self._sizes = np.array((0,) * n_time + plan.last_n, dtype=np.int64)
         aggs = set(plan.value_aggregates)
-        self._want = tuple(agg in aggs for agg in AGGREGATES[1:])
-        self._need_sq = "std" in aggs
-        self._need_min = "min" in aggs
-        self._need_max = "max" in aggs
-        empty = [0.0 if agg != "ratio_to_mean" else 1.0 for agg in plan.value_aggregates]
-        self._empty_values = empty * len(plan.values)
-        self._since_previous = plan.since_previous
-        self._gap_fill = plan.gap_fill
-        self._session_gap = plan.session_gap
-        self._risk_delay = plan.risk_delay
-        self._risk_horizon = plan.risk_horizon
-        self._ttl = plan.ttl
-        self._lateness = plan.lateness
+        self._flags = np.array(
+            [plan.count]
+            + [agg in aggs for agg in ("sum", "mean", "std", "min", "max", "ratio_to_mean")]
+            + [plan.since_previous, plan.session_gap is not None, plan.risk_delay is not None],
+            dtype=np.int64,
+        )
+        self._params = np.array(
+            [
+                plan.ttl,
+                plan.lateness,
+                plan.gap_fill,
+                plan.session_gap or 0.0,
+                plan.risk_delay or 0.0,
+                plan.risk_horizon or 0.0,
+            ]
+        )
+        n_values = len(plan.values)
+        self._header = np.zeros((0, kernel.header_width(plan.n_windows, n_values)))
+        self._heap = np.zeros((_MIN_HEAP_ROWS, kernel.heap_width(n_values)))
+        self._used = np.zeros(2, np.int64)  # heap rows in use, rows a relocation asked for
+        self._watermark = np.array([-math.inf])
+        self._owners: list[tuple[int, Any] | None] = []  # slot -> (table, key), None if free
+        self._free: list[int] = []
+        self._one = _OneEvent(len(plan.values), len(plan.prefixes), len(self._names))
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -164,9 +127,16 @@ class FeatureState:
         return sum(len(table) for table in self._tables)
 
     @property
+    def buffered_events(self) -> int:
+        """Events held in entity buffers, over all entities: what the windows can still see."""
+        slots = self._held_slots()
+        header = self._header[slots]
+        return int((header[:, kernel.END] - header[:, kernel.BASE]).sum())
+
+    @property
     def watermark(self) -> float:
         """The latest event time seen."""
-        return self._watermark
+        return float(self._watermark[0])
 
     def update(self, event: Mapping[str, Any]) -> dict[str, float] | None:
         """Features of `event` (from its entity's history before it), then learn from it.
@@ -174,19 +144,32 @@ class FeatureState:
         Returns None, and appends a `DeadLetter`, if the event is too late or malformed.
         """
         parsed = self._parse(event)
-        row: list[float] = []
-        reason = parsed if isinstance(parsed, str) else self._advance(*parsed, row)
-        if reason is not None:
+        if isinstance(parsed, str):
+            self.dead_letters.append(DeadLetter(dict(event), parsed))
+            return None
+        t, keys, xs, label = parsed
+        one = self._one
+        one.times[0] = t
+        one.values[0] = xs
+        one.labels[0] = label
+        new = self._slots_of_keys(keys, one.slots[0])
+        self._run(
+            one.times, one.slots, one.values, one.labels, one.skip,
+            one.out, one.status, one.late_at,
+        )  # fmt: skip
+        self._release_unused(new)
+        if one.status[0] == kernel.LATE:
+            reason = self._late_reason(t, one.late_at[0])
             self.dead_letters.append(DeadLetter(dict(event), reason))
             return None
-        return dict(zip(self._names, row, strict=True))
+        self._maybe_sweep()
+        return dict(zip(self._names, one.out[0].tolist(), strict=True))
 
     def update_many(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`update` for each row in order; rows refused as dead letters are left out.
 
-        The rows stream through without a Python object per row that outlives it: objects
-        that pile up make the cyclic garbage collector run over and over (measured: about a
-        fifth of the time when each row's features were a list of their own).
+        The rows are checked column by column, then go through the compiled kernel a chunk at
+        a time; only malformed rows take the per-row path, to find their reason.
         """
         plan = self._plan
         needed = [(self.time_column, "time")]
@@ -197,46 +180,48 @@ class FeatureState:
         for column, role in needed:
             _require_columns(frame, [column], role)
         n = len(frame)
-        time_array = _as_array(frame[self.time_column])
-        value_arrays = [_as_array(frame[value]) for value in plan.values]
-        suspect = ~np.isfinite(time_array)  # rows to check one by one for a dead-letter reason
-        for array in value_arrays:
-            suspect |= ~np.isfinite(array)
+        times = _as_array(frame[self.time_column])
+        values = np.empty((n, len(plan.values)))
+        for v, column in enumerate(plan.values):
+            values[:, v] = _as_array(frame[column])
+        suspect = ~np.isfinite(times) | ~np.isfinite(values).all(axis=1)
         for column in plan.columns:
             suspect |= frame[column].isna().to_numpy()
-        labels: list[int] = [-1] * n
+        labels = np.full(n, -1, np.int64)
         if plan.risk_delay is not None and self.label_column is not None:
             raw = frame[self.label_column]
             numeric = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
             suspect |= ~(np.isnan(numeric) | (numeric == 0.0) | (numeric == 1.0))
             suspect |= np.isnan(numeric) & raw.notna().to_numpy()
-            labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64).tolist()
-        columns = {column: frame[column].tolist() for column in plan.columns}
-        per_key = [
-            columns[key[0]] if len(key) == 1 else zip(*(columns[c] for c in key), strict=True)
-            for key in plan.keys
-        ]
-        keys = zip(*per_key, strict=True) if per_key else [(None,)] * n
-        xs_rows = (
-            zip(*(a.tolist() for a in value_arrays), strict=True) if value_arrays else [()] * n
-        )
-        suspects = set(np.flatnonzero(suspect).tolist())
-        out: list[float] = []  # every kept row's features, one after the other
-        kept: list[int] = []
-        advance = self._advance
-        rows = zip(range(n), time_array.tolist(), keys, xs_rows, labels, strict=True)
-        for i, t, key, xs, label in rows:
-            if i in suspects:  # slow path: find the reason, as `update` would
-                parsed = self._parse(frame.iloc[i].to_dict())
-                reason = parsed if isinstance(parsed, str) else advance(*parsed, out)
+            labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64)
+        width = len(self._names)
+        data = np.empty((n, width))
+        status = np.empty(n, np.int8)
+        late_at = np.zeros(n)
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, min(start + _CHUNK, n))
+            part = frame.iloc[rows]
+            skip = suspect[rows]
+            slots, new = self._slots_of_rows(part, skip)
+            self._run(
+                times[rows], slots, values[rows], labels[rows], skip,
+                data[rows], status[rows], late_at[rows],
+            )  # fmt: skip
+            self._release_unused(new)
+            self._maybe_sweep()
+        refused = np.flatnonzero(status != kernel.ACCEPTED)
+        for i in refused.tolist():
+            event = frame.iloc[i].to_dict()
+            if status[i] == kernel.LATE:
+                reason = self._late_reason(float(times[i]), late_at[i])
             else:
-                reason = advance(t, key, xs, label, out)
-            if reason is None:
-                kept.append(i)
-            else:
-                self.dead_letters.append(DeadLetter(frame.iloc[i].to_dict(), reason))
-        data = np.fromiter(out, np.float64, len(out)).reshape(len(kept), len(self._names))
-        return pd.DataFrame(data, index=frame.index[kept], columns=self._names)
+                parsed = self._parse(event)
+                reason = parsed if isinstance(parsed, str) else "missing or non-numeric value"
+            self.dead_letters.append(DeadLetter(event, reason))
+        if refused.size:
+            kept = np.flatnonzero(status == kernel.ACCEPTED)
+            return pd.DataFrame(data[kept], index=frame.index[kept], columns=self._names)
+        return pd.DataFrame(data, index=frame.index, columns=self._names, copy=False)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -248,11 +233,11 @@ class FeatureState:
             "config": self.config.model_dump(mode="json"),
             "time_column": self.time_column,
             "label_column": self.label_column,
-            "watermark": _json_float(self._watermark),
+            "watermark": _json_float(self.watermark),
             "next_sweep": _json_float(self._next_sweep),
             "evicted": self.evicted,
             "entities": [
-                [[_json_key(key), _entity_to_dict(ent)] for key, ent in table.items()]
+                [[_json_key(key), self._slot_to_dict(slot)] for key, slot in table.items()]
                 for table in self._tables
             ],
         }
@@ -268,15 +253,15 @@ class FeatureState:
         try:
             config = BehaviouralConfig.model_validate(data["config"])
             state = cls(config, data["label_column"], time_column=data["time_column"])
-            state._watermark = _from_json_float(data["watermark"])
+            state._watermark[0] = _from_json_float(data["watermark"])
             state._next_sweep = _from_json_float(data["next_sweep"])
             state.evicted = int(data["evicted"])
             if len(data["entities"]) != len(state._tables):
                 raise ValueError("entity tables do not match the entity keys")
             widths = [len(key) for key in state._plan.keys] or [1]  # the global key is None
-            for table, items, width in zip(state._tables, data["entities"], widths, strict=True):
-                for value, ent in items:
-                    table[_from_json_key(value, width)] = state._entity_from_dict(ent)
+            for index, (items, width) in enumerate(zip(data["entities"], widths, strict=True)):
+                for value, saved in items:
+                    state._slot_from_dict(index, _from_json_key(value, width), saved)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
         return state
@@ -294,7 +279,7 @@ class FeatureState:
             raise ArtifactError(f"{path}: not a behavioural state document")
         return cls.from_dict(data)
 
-    # -- the per-event path ---------------------------------------------------------------------
+    # -- events to kernel calls -----------------------------------------------------------------
 
     def _parse(self, event: Mapping[str, Any]) -> tuple[float, tuple, list[float], int] | str:
         plan = self._plan
@@ -323,320 +308,181 @@ class FeatureState:
             for at in self._plan.key_positions
         )
 
-    def _advance(
-        self, t: float, keys: tuple, xs: Sequence[float], label: int, out: list[float]
-    ) -> str | None:
-        """Append the features of one validated event to `out`, then fold the event into every
-        key's entity; or say why it is too late, changing nothing."""
-        if t < self._watermark - self._lateness:
-            return (
-                f"late: time {t!r} is more than allowed_lateness "
-                f"({self.config.allowed_lateness}) before the latest time seen "
-                f"({self._watermark!r})"
-            )
-        if t > self._watermark:
-            self._watermark = t
-        for table, key in zip(self._tables, keys, strict=True):
-            ent = table.get(key)
-            if ent is None or t - ent.last_t > self._ttl:
-                ent = table[key] = self._new_entity(t)
-            te = t if t >= ent.last_t else ent.last_t  # late, but allowed: keep the entity ordered
-            self._features(ent, te, xs, out)
-            self._learn(ent, te, xs, label)
-        if self._watermark >= self._next_sweep:
-            self._sweep()
-        return None
+    def _run(
+        self,
+        times: np.ndarray,
+        slots: np.ndarray,
+        values: np.ndarray,
+        labels: np.ndarray,
+        skip: np.ndarray,
+        out: np.ndarray,
+        status: np.ndarray,
+        late_at: np.ndarray,
+    ) -> None:
+        """The kernel over these events, into `out`, `status` and `late_at` (rows of events);
+        the heap grows whenever the kernel runs out of it."""
+        n = len(times)
+        done = 0
+        while done < n:
+            done = kernel.advance(
+                times, slots, values, labels, skip,
+                self._spans, self._sizes, self._flags, self._params,
+                self._header, self._heap, self._watermark, self._used,
+                out, status, late_at, done,
+            )  # fmt: skip
+            if done < n:
+                self._grow_heap(int(self._used[1]))
 
-    def _new_entity(self, t: float) -> _Entity:
-        ent = _Entity()
-        nv = self._nv
-        ent.last_t = t
-        ent.end = 0
-        ent.base = 0
-        ent.times = []
-        ent.labels = []
-        ent.x = [[] for _ in range(nv)]
-        ent.ph = [[0.0] for _ in range(nv)]
-        ent.pl = [[0.0] for _ in range(nv)]
-        ent.qh = [[0.0] for _ in range(nv)]
-        ent.ql = [[0.0] for _ in range(nv)]
-        ent.starts = [0] * self._ntime
-        # Cached [min, its sequence, max, its sequence] per window and value: never above
-        # (min) / below (max) a value in the window; sequence -1 = rescan before use.
-        ent.ext = [[[math.inf, -1, -math.inf, -1] for _ in range(nv)] for _ in range(self._nw)]
-        ent.sess = [t, 0, [[0.0, 0.0] for _ in range(nv)]]  # start time, events, value sums
-        ent.lab = [0, 0, 0, 0]  # lo, hi, labelled, anomalous
-        ent.trim_at = _MIN_TRIM
-        return ent
+    def _slots_of_keys(self, keys: tuple, slots: np.ndarray) -> list[int]:
+        """Write the slot of each key's entity into `slots` (new slots for unseen entities);
+        return the new ones."""
+        new: list[int] = []
+        for index, (table, key) in enumerate(zip(self._tables, keys, strict=True)):
+            slot = table.get(key)
+            if slot is None:
+                slot = self._new_slot(index, key)
+                new.append(slot)
+            slots[index] = slot
+        return new
 
-    def _features(self, ent: _Entity, t: float, xs: Sequence[float], out: list[float]) -> None:
-        """Append the features of an event at `t` from its entity's buffered history."""
-        append = out.append
-        seq = ent.end
-        base = ent.base
-        e = seq - base
-        times = ent.times
-        starts = ent.starts
-        count = self._count
-        want_sum, want_mean, want_std, want_min, want_max, want_ratio = self._want
-        for w, span, size in self._windows:
-            if size:  # last-N
-                st = seq - size if seq > size else 0
-            else:  # time window: move its start past the events older than t - span
-                st = starts[w]
-                bound = t - span
-                while st < seq and times[st - base] < bound:
-                    st += 1
-                starts[w] = st
-            n = seq - st
-            if count:
-                append(float(n))
-            if not n:
-                out += self._empty_values
-                continue
-            s0 = st - base
-            exts = ent.ext[w]
-            for v in self._value_range:
-                ph = ent.ph[v]  # the window sum: a double-double difference of two prefixes
-                pl = ent.pl[v]
-                a = ph[e]
-                b = -ph[s0]
-                s_hi = a + b
-                bp = s_hi - a
-                s_lo = ((a - (s_hi - bp)) + (b - bp)) + (pl[e] - pl[s0])
-                total = s_hi + s_lo
-                mean = total / n
-                if want_sum:
-                    append(total)
-                if want_mean:
-                    append(mean)
-                if want_std:
-                    if n > 1:
-                        ph = ent.qh[v]
-                        pl = ent.ql[v]
-                        a = ph[e]
-                        b = -ph[s0]
-                        q_hi = a + b
-                        bp = q_hi - a
-                        q_lo = ((a - (q_hi - bp)) + (b - bp)) + (pl[e] - pl[s0])
-                        nq = n * (q_hi + q_lo)
-                        d = nq - total * total
-                        if d > _CANCELLATION * nq:
-                            var = d / (n * n)
-                        else:
-                            var = _variance(float(n), s_hi, s_lo, q_hi, q_lo)
-                        append(math.sqrt(var) if var > 0.0 else 0.0)
-                    else:
-                        append(0.0)
-                if want_min or want_max:
-                    ext = exts[v]
-                    if want_min:
-                        if ext[1] < st:  # the cached minimum left the window: rescan it
-                            part = ent.x[v][s0:e]
-                            ext[0] = m = min(part)
-                            ext[1] = st + part.index(m)
-                        append(ext[0])
-                    if want_max:
-                        if ext[3] < st:
-                            part = ent.x[v][s0:e]
-                            ext[2] = m = max(part)
-                            ext[3] = st + part.index(m)
-                        append(ext[2])
-                if want_ratio:
-                    append(xs[v] / mean if mean != 0.0 else 1.0)
-        if self._since_previous:
-            append(t - ent.last_t if seq else self._gap_fill)
-        if self._session_gap is not None:
-            sess = ent.sess
-            if seq and t - ent.last_t > self._session_gap:
-                sess[0] = t
-                sess[1] = 0
-                for pair in sess[2]:
-                    pair[0] = pair[1] = 0.0
-            append(float(sess[1]))
-            append(t - sess[0])
-            for pair in sess[2]:
-                append(pair[0] + pair[1])
-        if self._risk_delay is not None:
-            self._label_features(ent, t, append)
+    def _slots_of_rows(self, part: pd.DataFrame, skip: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """Per row and entity key, its entity's slot (-1 for skipped rows), and the new slots.
 
-    def _label_features(self, ent: _Entity, t: float, append: Callable[[float], None]) -> None:
-        """Move the label range (t - delay - window, t - delay] forward; append its rate."""
-        seq = ent.end
-        base = ent.base
-        times = ent.times
-        labels = ent.labels
-        lab = ent.lab
-        lo, hi, known, bad = lab
-        bound = t - self._risk_delay  # type: ignore[operator]
-        while hi < seq and times[hi - base] <= bound:
-            code = labels[hi - base]
-            if code >= 0:
-                known += 1
-                bad += code
-            hi += 1
-        bound = t - self._risk_horizon  # type: ignore[operator]
-        while lo < hi and times[lo - base] <= bound:
-            code = labels[lo - base]
-            if code >= 0:
-                known -= 1
-                bad -= code
-            lo += 1
-        lab[0], lab[1], lab[2], lab[3] = lo, hi, known, bad
-        append(bad / known if known else 0.0)
-        append(float(known))
-
-    def _learn(self, ent: _Entity, t: float, xs: Sequence[float], label: int) -> None:
-        """Append the event to its entity's buffer, prefix sums, extreme caches and session."""
-        seq = ent.end
-        ent.times.append(t)
-        ent.labels.append(label)
-        need_sq = self._need_sq
-        need_min = self._need_min
-        need_max = self._need_max
-        for v, x in enumerate(xs):
-            ent.x[v].append(x)
-            prefix = ent.ph[v]  # a TwoSum step of the prefix; its error goes to the low part
-            s = prefix[-1]
-            u = s + x
-            bp = u - s
-            prefix.append(u)
-            low = ent.pl[v]
-            low.append(low[-1] + ((s - (u - bp)) + (x - bp)))
-            if need_sq:
-                h, lo = _square(x)
-                prefix = ent.qh[v]
-                s = prefix[-1]
-                u = s + h
-                bp = u - s
-                prefix.append(u)
-                low = ent.ql[v]
-                low.append(low[-1] + (((s - (u - bp)) + (h - bp)) + lo))
-            if need_min or need_max:
-                # A new value that reaches a cached extreme is its window's new extreme.
-                for per_value in ent.ext:
-                    ext = per_value[v]
-                    if need_min and x <= ext[0]:
-                        ext[0] = x
-                        ext[1] = seq
-                    if need_max and x >= ext[2]:
-                        ext[2] = x
-                        ext[3] = seq
-            pair = ent.sess[2][v]  # the session sum: a compensated running sum
-            s = pair[0]
-            u = s + x
-            bp = u - s
-            pair[1] += (s - (u - bp)) + (x - bp)
-            pair[0] = u
-        ent.end = seq + 1
-        ent.sess[1] += 1
-        ent.last_t = t
-        if len(ent.times) >= ent.trim_at:
-            self._trim(ent)
-
-    def _trim(self, ent: _Entity) -> None:
-        """Drop buffered events no window can see any more (amortised O(1) per event).
-
-        Every time the buffer head passes a multiple of `_REBASE_EVERY` events, the prefix sums
-        are rebased to start at zero again, so their magnitude (and rounding) stays that of at
-        most the last `_REBASE_EVERY` + buffered events, however long the entity lives.
-        Rebasing at every trim cost about a tenth of the live engine's time.
+        Each key's values are factorized, so the dictionary of entities is asked once per
+        distinct entity in the chunk, not once per row.
         """
-        keep = min(ent.starts, default=ent.end)
-        if self._max_last_n:
-            keep = min(keep, ent.end - self._max_last_n)
-        if self._risk_delay is not None:
-            keep = min(keep, ent.lab[0])
-        drop = keep - ent.base
-        if drop > 0:
-            rebase = keep // _REBASE_EVERY != ent.base // _REBASE_EVERY
-            del ent.times[:drop]
-            del ent.labels[:drop]
-            prefixes = [(ent.ph, ent.pl), (ent.qh, ent.ql)] if self._need_sq else [(ent.ph, ent.pl)]
-            for v in self._value_range:
-                del ent.x[v][:drop]
-                for highs, lows in prefixes:
-                    del highs[v][:drop]
-                    del lows[v][:drop]
-                    if rebase:
-                        highs[v], lows[v] = _rebase(highs[v], lows[v])
-            ent.base = keep
-        ent.trim_at = max(_MIN_TRIM, 2 * len(ent.times))
+        n = len(part)
+        slots = np.full((n, len(self._tables)), -1, np.int64)
+        new: list[int] = []
+        ok = np.flatnonzero(~skip)
+        if ok.size == 0:
+            return slots, new
+        rows = part.iloc[ok] if ok.size < n else part
+        for index, (table, columns) in enumerate(
+            zip(self._tables, self._plan.keys or ((),), strict=True)
+        ):
+            codes, keys = _factorize_key(rows, columns)
+            slot_of = np.empty(len(keys), np.int64)
+            for j, key in enumerate(keys):
+                slot = table.get(key)
+                if slot is None:
+                    slot = self._new_slot(index, key)
+                    new.append(slot)
+                slot_of[j] = slot
+            slots[ok, index] = slot_of[codes]
+        return slots, new
 
-    def _sweep(self) -> None:
+    def _new_slot(self, table: int, key: Any) -> int:
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self._owners)
+            self._owners.append(None)
+            if slot == len(self._header):
+                grown = np.zeros((max(64, 2 * len(self._header)), self._header.shape[1]))
+                grown[:slot] = self._header
+                self._header = grown
+        self._owners[slot] = (table, key)
+        self._header[slot, kernel.FRESH] = 1.0
+        self._tables[table][key] = slot
+        return slot
+
+    def _free_slots(self, slots: list[int]) -> None:
+        for slot in slots:
+            owner = self._owners[slot]
+            assert owner is not None
+            del self._tables[owner[0]][owner[1]]
+            self._owners[slot] = None
+            self._free.append(slot)
+
+    def _release_unused(self, new: list[int]) -> None:
+        """Free the slots given to entities whose events were all refused: no state for them."""
+        unused = [slot for slot in new if self._header[slot, kernel.FRESH] != 0.0]
+        self._free_slots(unused)
+
+    def _held_slots(self) -> np.ndarray:
+        return np.array([s for s, owner in enumerate(self._owners) if owner is not None], np.int64)
+
+    def _grow_heap(self, asked: int) -> None:
+        """Compact the heap, at twice its size when the live regions fill more than half."""
+        keep = np.zeros(len(self._header), np.bool_)
+        keep[self._held_slots()] = True
+        live = int(self._header[keep, kernel.CAP].sum()) + asked
+        rows = len(self._heap) if 2 * live <= len(self._heap) else 2 * live
+        heap = np.zeros((max(rows, _MIN_HEAP_ROWS), self._heap.shape[1]))
+        self._used[0] = kernel.compact(self._header, keep, self._heap, heap)
+        self._heap = heap
+
+    def _maybe_sweep(self) -> None:
         """Evict entities no accepted event can reach within entity_ttl any more.
 
         An accepted event has t >= watermark - lateness, so an entity whose last event is more
         than ttl before that bound would be restarted afresh anyway: evicting it changes nothing.
         """
-        floor = self._watermark - self._plan.lateness
-        for table in self._tables:
-            stale = [key for key, ent in table.items() if floor - ent.last_t > self._plan.ttl]
-            for key in stale:
-                del table[key]
-            self.evicted += len(stale)
-        self._next_sweep = self._watermark + self._sweep_every
+        if self.watermark < self._next_sweep:
+            return
+        floor = self.watermark - self._plan.lateness
+        slots = self._held_slots()
+        stale = slots[floor - self._header[slots, kernel.LAST_T] > self._plan.ttl]
+        self._free_slots(stale.tolist())
+        self.evicted += len(stale)
+        self._next_sweep = self.watermark + self._sweep_every
 
-    def _entity_from_dict(self, data: Mapping[str, Any]) -> _Entity:
-        ent = self._new_entity(float(data["last_t"]))
-        ent.end = int(data["end"])
-        ent.base = int(data["base"])
-        ent.times = [float(v) for v in data["times"]]
-        ent.labels = [int(v) for v in data["labels"]]
-        ent.x = [[float(v) for v in column] for column in data["x"]]
-        ent.ph, ent.pl, ent.qh, ent.ql = (
-            [[float(v) for v in column] for column in data[name]]
-            for name in ("ph", "pl", "qh", "ql")
+    def _late_reason(self, t: float, watermark: float) -> str:
+        return (
+            f"late: time {t!r} is more than allowed_lateness "
+            f"({self.config.allowed_lateness}) before the latest time seen ({float(watermark)!r})"
         )
-        ent.starts = [int(v) for v in data["starts"]]
-        start_t, count, sums = data["sess"]
-        ent.sess = [float(start_t), int(count), [[float(a), float(b)] for a, b in sums]]
-        ent.lab = [int(v) for v in data["lab"]]
-        ent.trim_at = int(data["trim_at"])
-        size = len(ent.times)
-        groups = [ent.x, ent.ph, ent.pl, ent.qh, ent.ql]
-        if len(ent.labels) != size or any(len(group) != self._nv for group in groups):
-            raise ValueError("buffer lengths do not match")
-        squares_size = size + 1 if self._need_sq else 1
-        if (
-            any(len(c) != size for c in ent.x)
-            or any(len(c) != size + 1 for group in groups[1:3] for c in group)
-            or any(len(c) != squares_size for group in groups[3:] for c in group)
-        ):
-            raise ValueError("buffer lengths do not match")
-        if len(ent.starts) != self._ntime or ent.end - ent.base != size:
-            raise ValueError("window state does not match the config")
-        return ent
+
+    # -- slots to and from JSON -----------------------------------------------------------------
+
+    def _slot_to_dict(self, slot: int) -> dict[str, Any]:
+        header = self._header[slot].copy()
+        offset, base, end = (int(header[at]) for at in (kernel.OFFSET, kernel.BASE, kernel.END))
+        header[kernel.OFFSET] = header[kernel.CAP] = 0.0  # where it lives is not state
+        return {
+            "header": [_json_float(value) for value in header.tolist()],
+            "events": self._heap[offset : offset + end - base].tolist(),
+        }
+
+    def _slot_from_dict(self, table: int, key: Any, saved: Mapping[str, Any]) -> None:
+        header = np.array([_from_json_float(value) for value in saved["header"]], np.float64)
+        events = np.array(saved["events"], np.float64).reshape(-1, self._heap.shape[1])
+        if header.shape != (self._header.shape[1],):
+            raise ValueError("entity header does not match the config")
+        if len(events) != header[kernel.END] - header[kernel.BASE] or header[kernel.FRESH]:
+            raise ValueError("buffer length does not match the entity header")
+        if key in self._tables[table]:
+            raise ValueError(f"entity key {key!r} appears twice")
+        slot = self._new_slot(table, key)
+        cap = max(kernel.MIN_CAPACITY, 2 * len(events))
+        if self._used[0] + cap > len(self._heap):
+            self._grow_heap(cap)
+        top = int(self._used[0])
+        header[kernel.OFFSET] = top
+        header[kernel.CAP] = cap
+        self._heap[top : top + len(events)] = events
+        self._header[slot] = header
+        self._used[0] = top + cap
 
 
-def _rebase(highs: list[float], lows: list[float]) -> tuple[list[float], list[float]]:
-    """Prefix pairs minus the first one, in double-double (TwoSum of the high parts)."""
-    h0, l0 = -highs[0], lows[0]
-    new_highs = [h + h0 for h in highs]
-    new_lows = [
-        ((h - (u - (u - h))) + (h0 - (u - h))) + (lo - l0)
-        for h, u, lo in zip(highs, new_highs, lows, strict=True)
-    ]
-    return new_highs, new_lows
-
-
-def _entity_to_dict(ent: _Entity) -> dict[str, Any]:
-    return {
-        "last_t": ent.last_t,
-        "end": ent.end,
-        "base": ent.base,
-        "times": ent.times,
-        "labels": ent.labels,
-        "x": ent.x,
-        "ph": ent.ph,
-        "pl": ent.pl,
-        "qh": ent.qh,
-        "ql": ent.ql,
-        "starts": ent.starts,
-        "sess": ent.sess,
-        "lab": ent.lab,
-        "trim_at": ent.trim_at,
-    }
+def _factorize_key(rows: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, list[Any]]:
+    """Per row the code of its entity under a key, and each code's key as `update` sees it:
+    the column's value, a tuple for a composite key, None for the global entity."""
+    if not columns:
+        return np.zeros(len(rows), np.int64), [None]
+    if len(columns) == 1:
+        codes, uniques = pd.factorize(rows[columns[0]])
+        return codes, list(uniques.tolist())
+    combined = np.zeros(len(rows), np.int64)
+    for column in columns:
+        part, uniques = pd.factorize(rows[column])
+        combined = combined * len(uniques) + part
+        combined, _ = pd.factorize(combined)  # dense again, so the product never overflows
+    codes, _ = pd.factorize(combined)
+    first_rows = np.unique(codes, return_index=True)[1]
+    parts = [rows[column].to_numpy()[first_rows].tolist() for column in columns]
+    return codes, list(zip(*parts, strict=True))
 
 
 def _json_key(key: Any) -> Any:
