@@ -155,6 +155,19 @@ def _make_room(
 
 
 @njit(cache=True)
+def _extreme(
+    heap: np.ndarray, offset: int, first: int, end: int, column: int, sign: float
+) -> tuple[float, int]:
+    """The largest (sign 1) or smallest (sign -1) value of sequences [first, end) in a column,
+    and the sequence of its first occurrence."""
+    best, where = heap[offset + first, column], first
+    for s in range(first + 1, end):
+        if sign * (heap[offset + s, column] - best) > 0.0:
+            best, where = heap[offset + s, column], s
+    return best, where
+
+
+@njit(cache=True)
 def _features(
     h: np.ndarray,
     heap: np.ndarray,
@@ -239,22 +252,12 @@ def _features(
             column = ROW_VALUES + v
             if flags[F_MIN]:
                 if h[a + MIN_AT] < st:  # the cached minimum left the window: rescan it
-                    best, where = heap[offset + st, column], st
-                    for s in range(st + 1, seq):
-                        if heap[offset + s, column] < best:
-                            best, where = heap[offset + s, column], s
-                    h[a + MIN] = best
-                    h[a + MIN_AT] = where
+                    h[a + MIN], h[a + MIN_AT] = _extreme(heap, offset, st, seq, column, -1.0)
                 out[c] = h[a + MIN]
                 c += 1
             if flags[F_MAX]:
                 if h[a + MAX_AT] < st:
-                    best, where = heap[offset + st, column], st
-                    for s in range(st + 1, seq):
-                        if heap[offset + s, column] > best:
-                            best, where = heap[offset + s, column], s
-                    h[a + MAX] = best
-                    h[a + MAX_AT] = where
+                    h[a + MAX], h[a + MAX_AT] = _extreme(heap, offset, st, seq, column, 1.0)
                 out[c] = h[a + MAX]
                 c += 1
             if flags[F_RATIO]:
