@@ -131,6 +131,9 @@ def test_bad_inputs_are_one_line_with_exit_code_2(workspace: Path, ran: dict) ->
         ["score", "--model", str(workspace), "--input", "x.csv", "--output", "y.csv"],
         "not a saved model",
     )
+    # brackets are not Rich markup, and a long line is not wrapped at 80 columns
+    missing = workspace / "events[v2] from the nightly export of the payments ledger.csv"
+    _fails_with(["run", "-c", config, "--data", str(missing)], str(missing))
 
 
 def test_staged_step_refuses_other_data(workspace: Path, ran: dict) -> None:

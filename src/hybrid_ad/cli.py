@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hybrid_ad import pipeline
 from hybrid_ad.config import Config, load_config
@@ -52,7 +53,7 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except HybridADError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")
@@ -205,7 +206,7 @@ def download(
     from hybrid_ad.download import download_creditcard
 
     path = download_creditcard(cache_dir, ProgressReporter(enabled=not quiet))
-    stdout.print(str(path))
+    stdout.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
@@ -213,8 +214,10 @@ def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
 
     sys.stdout.write(markdown_table(metrics) + "\n")
     if not quiet:
-        stderr.print(f"report: {out_dir / pipeline.REPORTS_DIR / 'index.html'}")
-        stderr.print(f"model:  {out_dir / pipeline.MODEL_DIR}")
+        report = out_dir / pipeline.REPORTS_DIR / "index.html"
+        stderr.print(f"report: {report}", markup=False, highlight=False, soft_wrap=True)
+        model = out_dir / pipeline.MODEL_DIR
+        stderr.print(f"model:  {model}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -48,8 +48,10 @@ class ProgressReporter:
                 progress.update(task_id, completed=total)
 
     def log(self, message: str) -> None:
+        """One plain line: no markup (paths and keys may hold brackets), no wrapping at the
+        terminal width (logs are often read from a file, where Rich assumes 80 columns)."""
         if self.enabled:
-            self.console.print(message)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 QUIET = ProgressReporter(enabled=False)
