@@ -401,6 +401,20 @@ def test_unsorted_times_name_column_and_row() -> None:
     assert "'time'" in message and "row 2" in message
 
 
+@settings(max_examples=60, deadline=None)
+@given(frame=streams(), seed=st.integers(0, 2**32 - 1), config=st.sampled_from(CONFIGS))
+def test_sort_takes_rows_in_time_order_and_answers_in_row_order(
+    frame: pd.DataFrame, seed: int, config: BehaviouralConfig
+) -> None:
+    shuffled = frame.sample(frac=1.0, random_state=np.random.RandomState(seed % 2**32))
+    in_time_order = shuffled.sort_values("time", kind="stable")  # ties keep row order
+    expected = compute_batch(in_time_order, config, "time", "label").loc[shuffled.index]
+    got = compute_batch(shuffled, config, "time", "label", sort=True)
+    assert got.index.equals(shuffled.index)
+    # entity codes follow row order, so entities' prefix sums run in another order: not bitwise
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), **TOL)
+
+
 def test_bad_window_spec_is_a_one_line_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         behavioural_config_from_dict({"windows": ["1h", "5 parsecs"]})

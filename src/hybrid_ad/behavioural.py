@@ -1,11 +1,12 @@
-"""Behavioural features of event streams: one definition, a batch engine and a live engine.
+"""Behavioural features of event streams: the one definition, and the batch engine.
 
 Fraud and abuse show up as behaviour over time (a customer spending five times their usual
 amount, an account with a burst of events), so the features describe each event against the
 history of its entity *before* it. `BehaviouralConfig` declares the features once;
-`compute_batch` computes them vectorised over a whole history and `FeatureState` computes them
-event by event with bounded memory. The two engines share the config parsing, the feature names
-and the numeric formulas, and the test suite proves they agree to 1e-9 relative.
+`compute_batch` computes them vectorised over a whole history, and the live engine
+(`hybrid_ad.behavioural_live.FeatureState`) computes them event by event with bounded memory.
+The two engines share the config parsing, the feature names and the numeric formulas, and the
+test suite proves they agree to 1e-9 relative.
 
 Exact semantics (windows, ties, fills, sessions, label delay, lateness and eviction) are written
 down in docs/behavioural_features.md; the docstrings below only say why.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -470,15 +471,16 @@ def _entity_codes(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), len(uniques)
 
 
-def _combined_codes(parts: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
-    """One code per distinct combination of the parts' codes (all zero for no parts).
+def _combined_codes(parts: list[tuple[np.ndarray, int]], n: int) -> tuple[np.ndarray, int]:
+    """One code per distinct combination of the parts' codes (all zero for no parts), and a
+    bound on the codes.
 
     The codes are mixed-radix numbers, re-factorized only when they could overflow int64:
     on 1.5M rows this measured 5x faster than groupby().ngroup() and 70x faster than
     MultiIndex.factorize(). They need not be dense: they are only sorted and compared.
     """
     if not parts:
-        return np.zeros(n, np.int64)
+        return np.zeros(n, np.int64), 1
     codes, size = parts[0]
     for more, radix in parts[1:]:
         if size * radix >= 2**62:
@@ -486,7 +488,23 @@ def _combined_codes(parts: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
             size = len(uniques)
         codes = codes * radix + more
         size *= radix
-    return codes
+    return codes, size
+
+
+def _group_order(codes: np.ndarray, size: int) -> np.ndarray:
+    """Positions sorted by code, keeping their order within a code (a stable argsort).
+
+    Codes below 2**32 are sorted as one or two 16-bit digits, least significant first: numpy's
+    stable sort of 16-bit integers is a radix sort. On 1.85M rows: 6x faster than sorting int64
+    with one digit, 2x with two.
+    """
+    if size > 2**32:
+        return np.argsort(codes, kind="stable")
+    order = np.argsort(codes.astype(np.uint16), kind="stable")
+    if size > 2**16:
+        high = (codes[order] >> 16).astype(np.uint16)
+        order = order[np.argsort(high, kind="stable")]
+    return order
 
 
 def _dd_prefix(hi: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -496,7 +514,8 @@ def _dd_prefix(hi: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.ndarray
     np.cumsum(hi, out=s[1:])
     a, total = s[:-1], s[1:]
     bp = total - a
-    err = (a - (total - bp)) + (hi - bp)  # TwoSum error of each step of the cumsum
+    err = a - (total - bp)
+    err += hi - bp  # TwoSum error of each step of the cumsum
     if lo is not None:
         err += lo
     c = np.zeros(n + 1)
@@ -504,19 +523,23 @@ def _dd_prefix(hi: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.ndarray
     return s, c
 
 
-def _dd_range(s: np.ndarray, c: np.ndarray, j: np.ndarray, i: np.ndarray) -> tuple[Any, Any]:
-    """Double-double sum over positions [j, i) from compensated prefix sums."""
-    a, b = s[i], -s[j]
-    hi = a + b
+def _dd_range(
+    s: np.ndarray, c: np.ndarray, rows: slice, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Double-double sums over positions [starts[k], rows.start + k), from compensated prefix
+    sums: the TwoSum of s[end] and -s[start], plus the difference of the corrections."""
+    a, b = s[rows], s[starts]
+    hi = a - b
     bp = hi - a
-    lo = ((a - (hi - bp)) + (b - bp)) + (c[i] - c[j])
+    lo = ((a - (hi - bp)) - (b + bp)) + (c[rows] - c[starts])
     return hi, lo
 
 
-def _range_extreme(x: np.ndarray, j: np.ndarray, i: np.ndarray, op: np.ufunc) -> np.ndarray:
-    """min or max of x over [j, i) (0 where empty), by a sparse table built level by level."""
+def _range_extreme(x: np.ndarray, j: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """min or max of x over [j[k], k) for every k (0 where empty), by a sparse table built
+    level by level."""
     n = len(x)
-    length = i - j
+    length = np.arange(n) - j
     out = np.zeros(n)
     live = np.flatnonzero(length > 0)
     if live.size == 0:
@@ -528,25 +551,57 @@ def _range_extreme(x: np.ndarray, j: np.ndarray, i: np.ndarray, op: np.ufunc) ->
     for k in range(int(level.max()) + 1):
         rows = live[by_level[bounds[k] : bounds[k + 1]]]
         if rows.size:
-            out[rows] = op(table[j[rows]], table[i[rows] - width])
+            out[rows] = op(table[j[rows]], table[rows - width])
         if k < level.max():
             table = op(table[:-width], table[width:])
             width *= 2
     return out
 
 
+_BLOCK = 1 << 14
+"""Rows per block of the blocked loops: a block's working set stays in the CPU cache, while
+whole-length temporaries (1.85M rows) cost twice as much, half of it in page faults."""
+
+
+def _search_sorted(
+    haystack: np.ndarray, needles: np.ndarray, side: Literal["left", "right"]
+) -> np.ndarray:
+    """np.searchsorted for sorted needles, block by block: a block's answers lie between those
+    of its first and last needle, so it searches only that stretch of the haystack, which stays
+    in the CPU cache (2x faster on 1.85M events)."""
+    found = np.empty(len(needles), np.int64)
+    for lo in range(0, len(needles), _BLOCK):
+        block = needles[lo : lo + _BLOCK]
+        first, last = np.searchsorted(haystack, block[[0, -1]], side=side)
+        found[lo : lo + len(block)] = first + np.searchsorted(
+            haystack[first:last], block, side=side
+        )
+    return found
+
+
 class _TimeRanks:
     """Exact integer ranks of times, so one searchsorted finds window starts in all entities."""
 
     def __init__(self, times: np.ndarray) -> None:
+        """`times` must be sorted: their ranks then come from one pass, without a search."""
         self.times = times
-        self.unique = np.unique(times)
+        new = np.ones(len(times), bool)
+        np.not_equal(times[1:], times[:-1], out=new[1:])
+        self.unique = times[new]
         self.stride = len(self.unique) + 1
-        self.rank = np.searchsorted(self.unique, times)
+        self.rank = np.cumsum(new) - 1
+        self._bounds: dict[tuple[float, str], np.ndarray] = {}
 
     def bound(self, offset: float, side: Literal["left", "right"]) -> np.ndarray:
-        """Per event, rank r such that time < t - offset (left) or <= (right) iff rank < r."""
-        return np.searchsorted(self.unique, self.times - offset, side=side)
+        """Per event, rank r such that time < t - offset (left) or <= (right) iff rank < r.
+
+        Kept, since every entity key asks for the same ones.
+        """
+        bound = self._bounds.get((offset, side))
+        if bound is None:
+            bound = _search_sorted(self.unique, self.times - offset, side)
+            self._bounds[offset, side] = bound
+        return bound
 
 
 def compute_batch(
@@ -554,11 +609,16 @@ def compute_batch(
     config: BehaviouralConfig,
     time_column: str,
     label_column: str | None = None,
+    *,
+    sort: bool = False,
 ) -> pd.DataFrame:
     """Behavioural features of every row, vectorised; same index, columns `feature_names`.
 
     Rows must be in arrival order with non-decreasing `time_column` (float seconds); ties keep
-    their arrival order, which decides which of them counts as history of the other.
+    their arrival order, which decides which of them counts as history of the other. With
+    `sort`, rows may come in any order: they are taken in time order (stable, so row order
+    decides ties), and the features still come back in the frame's row order, so a caller
+    need not reorder (copy) a frame and then its features.
     """
     plan = _plan(config)
     _require_columns(frame, [time_column], "time")
@@ -568,83 +628,62 @@ def compute_batch(
         if label_column is None:
             raise InputError("behavioural features: label_risk is configured but no label column")
         _require_columns(frame, [label_column], "label")
-    times = _batch_times(frame, time_column)
+    times = _numeric(frame, time_column, "time") if sort else _batch_times(frame, time_column)
     column_codes = [_entity_codes(frame, column) for column in plan.columns]
     values = [_numeric(frame, column, "value") for column in plan.values]
     labels = _batch_labels(frame, label_column) if plan.risk_delay is not None else None
     n = len(frame)
     names = plan.names()
-    out = np.empty((len(names), n))
+    out = np.empty((len(names), n))  # one row per feature: each is written contiguously
+    out.fill(0.0)  # touched in order first: page faults amid the gathers that fill it cost 3x
     if n:
+        time_order = np.argsort(times, kind="stable") if sort else None
+        if time_order is not None:  # everything below works in time order
+            times = times[time_order]
+            column_codes = [(codes[time_order], size) for codes, size in column_codes]
+            values = [v[time_order] for v in values]
+            labels = None if labels is None else labels[time_order]
         ranks = _TimeRanks(times)
         width = len(plan.key_suffixes())
         for index, positions in enumerate(plan.key_positions or ((),)):
             codes = _combined_codes([column_codes[i] for i in positions], n)
             block = out[index * width : (index + 1) * width]
-            _batch_one_key(plan, codes, times, values, labels, ranks, block)
+            _batch_one_key(plan, codes, times, values, labels, ranks, time_order, block)
     return pd.DataFrame(out.T, index=frame.index, columns=names, copy=False)
 
 
-def _batch_one_key(
+def _range_features(
     plan: _Plan,
-    codes: np.ndarray,
-    times: np.ndarray,
-    values: list[np.ndarray],
-    labels: np.ndarray | None,
-    ranks: _TimeRanks,
+    j: np.ndarray,
+    x: list[np.ndarray],
+    sums: list[tuple[np.ndarray, np.ndarray]],
+    sq_sums: list[tuple[np.ndarray, np.ndarray]],
     out: np.ndarray,
 ) -> None:
-    """Fill `out` (features x events) for one entity key; works on entity-grouped order."""
-    n = len(times)
-    order = np.argsort(codes, kind="stable")  # by entity, arrival order kept within
-    t = times[order]
-    code = codes[order]
-    pos = np.arange(n)
-    since = np.full(n, np.inf)
-    since[1:] = t[1:] - t[:-1]
-    start = np.ones(n, bool)
-    start[1:] = (code[1:] != code[:-1]) | (since[1:] > plan.ttl)  # entity (re)starts afresh
-    first = np.maximum.accumulate(np.where(start, pos, 0))
-    segment = np.cumsum(start) - 1
-    sorted_rank = segment * ranks.stride + ranks.rank[order]
-
-    def first_at_or_after(offset: float, side: Literal["left", "right"]) -> np.ndarray:
-        bound = segment * ranks.stride + ranks.bound(offset, side)[order]
-        return np.searchsorted(sorted_rank, bound, side="left")
-
-    x = [v[order] for v in values]
-    squares = [_square(v) for v in x]
-    need_sq = "std" in plan.value_aggregates
-    sums = [_dd_prefix(v) for v in x]
-    sq_sums = [_dd_prefix(*sq) for sq in squares] if need_sq else []
-    row = 0
-
-    back = np.empty(n, np.int64)  # sorted position of each input row: gathers beat scatters
-    back[order] = pos
-
-    def put(column: np.ndarray) -> None:
-        nonlocal row
-        np.take(column, back, out=out[row])
-        row += 1
-
-    starts = [first_at_or_after(w, "left") for w in plan.time_windows]
-    starts += [np.maximum(first, pos - size) for size in plan.last_n]
-    for j in starts:
-        count = (pos - j).astype(np.float64)
+    """Fill `out` with the features of the ranges [j[k], k) in the output order of a window:
+    the count (if asked for), then each value's aggregates; rows are in entity-grouped order."""
+    n = len(j)
+    first = int(plan.count)
+    width = len(plan.value_aggregates)
+    for lo in range(0, n, _BLOCK):
+        rows = slice(lo, min(lo + _BLOCK, n))
+        starts = j[rows]
+        count = np.arange(rows.start, rows.stop, dtype=np.float64) - starts
+        empty = count == 0.0
         safe = np.maximum(count, 1.0)
         if plan.count:
-            put(count)
+            out[0, rows] = count
         for v, xv in enumerate(x):
-            s_hi, s_lo = _dd_range(*sums[v], j, pos)
-            total = np.where(count > 0, s_hi + s_lo, 0.0)
-            mean = total / safe
-            for agg in plan.value_aggregates:
+            s_hi, s_lo = _dd_range(*sums[v], rows, starts)
+            total = np.where(empty, 0.0, s_hi + s_lo)
+            for index, agg in enumerate(plan.value_aggregates):
+                target = out[first + v * width + index]
                 if agg == "sum":
-                    put(total)
+                    target[rows] = total
                 elif agg == "mean":
-                    put(mean)
+                    target[rows] = total / safe
                 elif agg == "std":
-                    q_hi, q_lo = _dd_range(*sq_sums[v], j, pos)
+                    q_hi, q_lo = _dd_range(*sq_sums[v], rows, starts)
                     nq = safe * (q_hi + q_lo)
                     d = nq - total * total
                     var = d / (safe * safe)
@@ -652,24 +691,82 @@ def _batch_one_key(
                     var[hard] = _variance(
                         safe[hard], s_hi[hard], s_lo[hard], q_hi[hard], q_lo[hard]
                     )
-                    put(np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), 0.0))
-                elif agg == "min":
-                    put(_range_extreme(xv, j, pos, np.minimum))
-                elif agg == "max":
-                    put(_range_extreme(xv, j, pos, np.maximum))
-                else:  # ratio_to_mean
+                    target[rows] = np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), 0.0)
+                elif agg == "ratio_to_mean":
+                    mean = total / safe
                     nonzero = mean != 0.0
-                    put(np.where(nonzero, xv / np.where(nonzero, mean, 1.0), 1.0))
+                    target[rows] = np.where(nonzero, xv[rows] / np.where(nonzero, mean, 1.0), 1.0)
+    for v, xv in enumerate(x):  # min and max: a sparse table over all rows at once
+        for index, agg in enumerate(plan.value_aggregates):
+            if agg in ("min", "max"):
+                op = np.minimum if agg == "min" else np.maximum
+                out[first + v * width + index] = _range_extreme(xv, j, op)
+
+
+def _batch_one_key(
+    plan: _Plan,
+    codes: tuple[np.ndarray, int],
+    times: np.ndarray,
+    values: list[np.ndarray],
+    labels: np.ndarray | None,
+    ranks: _TimeRanks,
+    time_order: np.ndarray | None,
+    out: np.ndarray,
+) -> None:
+    """Fill `out` (features x rows) for one entity key; works on entity-grouped order.
+
+    The inputs are in time order; `time_order` holds the output row of each (None: the same).
+    """
+    n = len(times)
+    order = _group_order(*codes)  # by entity, arrival order kept within
+    t = times[order]
+    code = codes[0][order]
+    pos = np.arange(n)
+    since = np.full(n, np.inf)
+    since[1:] = t[1:] - t[:-1]
+    start = np.ones(n, bool)
+    start[1:] = (code[1:] != code[:-1]) | (since[1:] > plan.ttl)  # entity (re)starts afresh
+    first = np.maximum.accumulate(np.where(start, pos, 0))
+    base = (np.cumsum(start) - 1) * ranks.stride  # rank offset of each entity segment
+    sorted_rank = base + ranks.rank[order]
+
+    def first_at_or_after(offset: float, side: Literal["left", "right"]) -> np.ndarray:
+        bound = base + ranks.bound(offset, side)[order]
+        return _search_sorted(sorted_rank, bound, "left")
+
+    x = [v[order] for v in values]
+    sums = [_dd_prefix(v) for v in x]
+    need_sq = "std" in plan.value_aggregates
+    sq_sums = [_dd_prefix(*_square(v)) for v in x] if need_sq else []
+    row = 0
+
+    back = np.empty(n, np.int64)  # sorted position of each output row: gathers beat scatters
+    back[order if time_order is None else time_order[order]] = pos
+
+    def put(column: np.ndarray) -> None:
+        nonlocal row
+        np.take(column, back, out=out[row], mode="clip")  # "raise" would copy via a buffer
+        row += 1
+
+    starts = [first_at_or_after(w, "left") for w in plan.time_windows]
+    starts += [np.maximum(first, pos - size) for size in plan.last_n]
+    window = np.empty((int(plan.count) + len(x) * len(plan.value_aggregates), n))  # reused
+    for j in starts:
+        _range_features(plan, j, x, sums, sq_sums, window)
+        for column in window:
+            put(column)
     if plan.since_previous:
         put(np.where(start, plan.gap_fill, since))
     if plan.session_gap is not None:
         session_start = start | (since > plan.session_gap)
         session_first = np.maximum.accumulate(np.where(session_start, pos, 0))
-        put((pos - session_first).astype(np.float64))
+        session = np.empty((1 + len(x), n))  # count and sums over the session so far
+        sum_plan = replace(plan, count=True, value_aggregates=("sum",))
+        _range_features(sum_plan, session_first, x, sums, [], session)
+        put(session[0])
         put(t - t[session_first])
-        for v in range(len(x)):
-            s_hi, s_lo = _dd_range(*sums[v], session_first, pos)
-            put(np.where(session_first < pos, s_hi + s_lo, 0.0))
+        for column in session[1:]:
+            put(column)
     if plan.risk_delay is not None and plan.risk_horizon is not None and labels is not None:
         hi = first_at_or_after(plan.risk_delay, "right")
         lo = first_at_or_after(plan.risk_horizon, "right")

@@ -138,7 +138,7 @@ def validate_events(
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
     columns = feature_columns(frame, config, source)
-    result = frame.copy()
+    result = frame.copy(deep=False)  # copy-on-write: a deep copy would only duplicate memory
     for column in columns:
         result[column] = _numeric_column(frame, column, source)
     result[EVENT_SECONDS] = event_seconds(frame, config, source)
