@@ -1,8 +1,9 @@
 """Behavioural features on the simulated streaming-service log, with the shipped config.
 
 Batch: `prepare_events` (validation + behavioural features) over the whole log. Live: the
-`FeatureState` of the same config, fed the first `--live-events` events one at a time through
-`update_many`. One thread pinned; medians of `--repeats` runs. Prints a Markdown table.
+`FeatureState` of the same config, fed the first `--live-events` events (default: all) through
+`update_many`, and the first `--single-events` one at a time through `update(dict)`. One thread
+pinned; medians of `--repeats` runs. Prints a Markdown table.
 
     .venv/bin/python benchmarks/bench_streaming.py [--accounts 5000 --days 30]
 """
@@ -43,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=5000)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--live-events", type=int, default=300_000)
+    parser.add_argument("--live-events", type=int, default=None)
+    parser.add_argument("--single-events", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     config = load_config(REPO / "config" / "streaming_service.yaml")
@@ -61,6 +63,14 @@ def main() -> None:
         return state
 
     live_s = _median_seconds(live, args.repeats)
+    records = events.iloc[: args.single_events].to_dict("records")
+
+    def one_by_one() -> None:
+        state = FeatureState(behavioural, time_column=EVENT_SECONDS)
+        for record in records:
+            state.update(record)
+
+    single_s = _median_seconds(one_by_one, args.repeats)
     state = live()
     state_bytes = len(json.dumps(state.to_dict()))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -73,6 +83,10 @@ def main() -> None:
     print(
         f"| live `FeatureState.update_many`, first {len(events):,} events, median of "
         f"{args.repeats} | {len(events) / live_s:,.0f} events/s |"
+    )
+    print(
+        f"| live `FeatureState.update(dict)`, first {len(records):,} events, median of "
+        f"{args.repeats} | {len(records) / single_s:,.0f} events/s |"
     )
     print(
         f"| live state: {state.n_entities:,} entities over all keys | "
