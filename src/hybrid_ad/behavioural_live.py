@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ class _OneEvent:
     def __init__(self, n_values: int, n_keys: int, width: int) -> None:
         self.times = np.zeros(1)
         self.slots = np.zeros((1, n_keys), np.int64)
+        self.slot_row = self.slots[0]
         self.values = np.zeros((1, n_values))
         self.labels = np.zeros(1, np.int64)
         self.skip = np.zeros(1, np.bool_)
@@ -82,6 +84,8 @@ class FeatureState:
         self._plan = plan
         self._names = plan.names()
         self._plain_keys = all(len(key) == 1 for key in plan.keys)  # then keys = entity columns
+        # per key, its value from the entity columns' values: one value, or a tuple of several
+        self._key_getters = [itemgetter(*positions) for positions in plan.key_positions]
         self._tables: list[dict[Any, int]] = [{} for _ in plan.prefixes]  # entity key -> slot
         self._next_sweep = -math.inf
         self._sweep_every = plan.ttl / 8 if math.isfinite(plan.ttl) else math.inf
@@ -152,7 +156,7 @@ class FeatureState:
         one.times[0] = t
         one.values[0] = xs
         one.labels[0] = label
-        new = self._slots_of_keys(keys, one.slots[0])
+        new = self._slots_of_keys(keys, one.slot_row)
         self._run(
             one.times, one.slots, one.values, one.labels, one.skip,
             one.out, one.status, one.late_at,
@@ -281,7 +285,9 @@ class FeatureState:
 
     # -- events to kernel calls -----------------------------------------------------------------
 
-    def _parse(self, event: Mapping[str, Any]) -> tuple[float, tuple, list[float], int] | str:
+    def _parse(
+        self, event: Mapping[str, Any]
+    ) -> tuple[float, tuple | list, list[float], int] | str:
         plan = self._plan
         try:
             t = float(event[self.time_column])
@@ -296,17 +302,14 @@ class FeatureState:
             return f"bad value: {exc}"
         return _check_event(t, entity, xs, plan) or (t, self._table_keys(entity), xs, label)
 
-    def _table_keys(self, entity: tuple) -> tuple:
+    def _table_keys(self, entity: tuple) -> tuple | list:
         """Per entity table its key: the column's value, a tuple for a composite key, or None
         for the global entity."""
         if not self._plan.keys:
             return (None,)
         if self._plain_keys:
             return entity
-        return tuple(
-            entity[at[0]] if len(at) == 1 else tuple(entity[i] for i in at)
-            for at in self._plan.key_positions
-        )
+        return [key_of(entity) for key_of in self._key_getters]
 
     def _run(
         self,
@@ -333,7 +336,7 @@ class FeatureState:
             if done < n:
                 self._grow_heap(int(self._used[1]))
 
-    def _slots_of_keys(self, keys: tuple, slots: np.ndarray) -> list[int]:
+    def _slots_of_keys(self, keys: tuple | list, slots: np.ndarray) -> list[int]:
         """Write the slot of each key's entity into `slots` (new slots for unseen entities);
         return the new ones."""
         new: list[int] = []
@@ -419,7 +422,7 @@ class FeatureState:
         An accepted event has t >= watermark - lateness, so an entity whose last event is more
         than ttl before that bound would be restarted afresh anyway: evicting it changes nothing.
         """
-        if self.watermark < self._next_sweep:
+        if self._watermark[0] < self._next_sweep:
             return
         floor = self.watermark - self._plan.lateness
         slots = self._held_slots()
