@@ -369,6 +369,31 @@ def test_save_and_load_use_json(tmp_path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        (12, 99.0, "window start outside"),  # the first window's start, past the buffer's end
+        (12, -1.0, "whole number"),
+        (9, 0.0, "label-risk counters out of order"),  # LABEL_HI below LABEL_LO
+        (1, float("nan"), "buffer length"),  # END
+        (7, "inf", "non-finite"),  # SESSION_COUNT
+    ],
+)
+def test_damaged_state_is_refused_before_the_kernel_reads_it(column, value, message) -> None:
+    """The compiled kernel does not check bounds: positions from a file are checked first."""
+    state = FeatureState(CONFIGS[0], "label")
+    state.update_many(frame_of([0, 5, 30, 31, 80], customers=list("aabaa"), labels=[0] * 5))
+    document = json.loads(json.dumps(state.to_dict(), allow_nan=False))
+    header = document["entities"][0][0][1]["header"]
+    header[8] = 2.0  # LABEL_LO = 2, a valid position; the cases below break one thing each
+    header[9] = max(header[9], 2.0)
+    FeatureState.from_dict(document)  # still valid
+    header[column] = value
+    with pytest.raises(ArtifactError, match=message) as caught:
+        FeatureState.from_dict(document)
+    one_line(caught.value)
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

@@ -66,6 +66,40 @@ def heap_width(n_values: int) -> int:
     return ROW_VALUES + n_values
 
 
+def header_problem(h: np.ndarray, n_windows: int, n_values: int, risk: bool) -> str | None:
+    """What makes a restored header unsafe for the kernel, or None.
+
+    The kernel does not check bounds, so positions read from a saved state must be proven to
+    lie inside the entity's buffer before the kernel sees them.
+    """
+    if not np.isfinite(np.delete(h, _extreme_columns(n_windows, n_values))).all():
+        return "a non-finite number where a finite one is needed"
+    base, end = h[BASE], h[END]
+    block = 1 + PER_VALUE * n_values
+    positions = [h[FIXED + w * block] for w in range(n_windows)]
+    if risk:
+        positions += [h[LABEL_LO], h[LABEL_HI]]
+        if not h[LABEL_LO] <= h[LABEL_HI] or not 0 <= h[BAD] <= h[KNOWN]:
+            return "label-risk counters out of order"
+    counts = [base, end, h[SESSION_COUNT], h[KNOWN], h[BAD], *positions]
+    if any(value < 0 or value != int(value) for value in counts):
+        return "a count or position that is not a whole number >= 0"
+    if not base <= end or any(not base <= p <= end for p in positions):
+        return "a window start outside the entity's buffer"
+    return None
+
+
+def _extreme_columns(n_windows: int, n_values: int) -> list[int]:
+    """Header columns of the cached minima and maxima, which may be infinite (none yet)."""
+    block = 1 + PER_VALUE * n_values
+    return [
+        FIXED + w * block + 1 + PER_VALUE * v + column
+        for w in range(n_windows)
+        for v in range(n_values)
+        for column in (MIN, MAX)
+    ]
+
+
 _nb_two_prod = njit(cache=True)(_two_prod)
 _nb_variance = njit(cache=True)(_variance)
 

@@ -455,6 +455,12 @@ class FeatureState:
             raise ValueError("entity header does not match the config")
         if len(events) != header[kernel.END] - header[kernel.BASE] or header[kernel.FRESH]:
             raise ValueError("buffer length does not match the entity header")
+        risk = self._plan.risk_delay is not None
+        problem = kernel.header_problem(header, self._plan.n_windows, len(self._plan.values), risk)
+        if problem is not None:
+            raise ValueError(f"entity {key!r}: {problem}")
+        if not np.isfinite(events).all():
+            raise ValueError(f"entity {key!r}: a buffered event is not finite")
         if key in self._tables[table]:
             raise ValueError(f"entity key {key!r} appears twice")
         slot = self._new_slot(table, key)
