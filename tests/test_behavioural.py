@@ -217,6 +217,30 @@ def test_many_entities_grow_move_and_evict_without_changing_features() -> None:
     assert restored.n_entities == state.n_entities
 
 
+def test_large_frames_take_the_blocked_and_two_digit_paths_with_parity() -> None:
+    """More rows than one search/sum block (16,384), and composite entity codes beyond one
+    16-bit radix digit (65,536): the batch engine's large-input paths agree with the live one."""
+    config = BehaviouralConfig(
+        entity_keys=[["customer", "terminal"], "customer"], windows=["1m", "1h"], last_n=[4],
+        values=["amount"], aggregates=ALL_AGGREGATES, session_gap="5m", entity_ttl="1d",
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    n = 40_000
+    frame = pd.DataFrame(
+        {
+            "time": np.cumsum(rng.choice([0.0, 0.1, 1.0], n)),
+            "customer": rng.integers(0, 300, n),
+            "terminal": rng.integers(0, 300, n),  # up to 90,000 combinations
+            "amount": np.round(rng.lognormal(3.0, 1.0, n), 2),
+        }
+    )
+    # composite codes are mixed-radix: customers x terminals of them, past one 16-bit digit
+    assert frame["customer"].nunique() * frame["terminal"].nunique() > 2**16
+    batch = compute_batch(frame, config, "time")
+    _, many = live(config, frame)
+    np.testing.assert_allclose(many.to_numpy(), batch.to_numpy(), **TOL)
+
+
 # --- hand-computed examples ---------------------------------------------------------------------
 
 WINDOW = BehaviouralConfig(
