@@ -41,7 +41,13 @@ def ran(workspace: Path) -> dict:
 
 
 def test_run_writes_metrics_report_and_model(workspace: Path, ran: dict) -> None:
-    assert set(ran["stages"]) == {"rules", "autoencoder", "judge", "judge_without_autoencoder"}
+    assert set(ran["stages"]) == {
+        "rules",
+        "autoencoder",
+        "histogram",
+        "judge",
+        "judge_without_autoencoder",
+    }
     for stage in ran["stages"].values():
         for key in ("roc_auc", "average_precision", "precision_at_k", "precision", "recall"):
             assert key in stage

@@ -168,8 +168,12 @@ def test_markdown_table_formats_four_decimals_and_missing_values() -> None:
         }
     }
     lines = markdown_table(metrics).splitlines()
-    assert lines[0] == "| stage | ROC AUC | AP | P@k | precision | recall | F1 | FPR |"
+    assert lines[0] == (
+        "| stage | ROC AUC | AP | P@k | precision | recall | F1 | FPR | daily precision |"
+    )
     assert lines[1].startswith("|---|")
-    assert lines[2] == "| rules | 0.9123 | 0.3142 | 0.2500 | 0.4000 | 0.6000 | 0.4800 | 0.0012 |"
-    assert lines[3] == "| judge | n/a | 0.3142 | 0.2500 | 0.4000 | 0.6000 | n/a | 0.0012 |"
+    assert lines[2] == (
+        "| rules | 0.9123 | 0.3142 | 0.2500 | 0.4000 | 0.6000 | 0.4800 | 0.0012 | n/a |"
+    )
+    assert lines[3] == "| judge | n/a | 0.3142 | 0.2500 | 0.4000 | 0.6000 | n/a | 0.0012 | n/a |"
     assert len(lines) == 4

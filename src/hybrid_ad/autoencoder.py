@@ -149,6 +149,19 @@ class Autoencoder:
         errors, latents = self._run(self._fitted(), tensor)
         return errors.double().numpy(), latents.numpy()
 
+    @torch.no_grad()
+    def input_errors(self, inputs: np.ndarray) -> np.ndarray:
+        """Squared reconstruction error of every input of every event, (n, d): which inputs
+        the network could not reproduce, for the reasons of an alert."""
+        network = self._fitted()
+        network.eval()
+        tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        parts = []
+        for start in range(0, len(tensor), SCORE_BATCH):
+            batch = tensor[start : start + SCORE_BATCH]
+            parts.append(((network(batch)[0] - batch) ** 2).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, tensor.shape[1]), np.float32)
+
     def reconstruction_error(self, inputs: np.ndarray) -> np.ndarray:
         return self.transform(inputs)[0]
 

@@ -91,7 +91,8 @@ def run(
     """Fit every stage, evaluate them on the test split, write the report, save the model."""
     settings, out_dir, progress = _setup(config, out, quiet)
     metrics = pipeline.run(settings, data, out_dir, progress)
-    _print_summary(metrics, out_dir, quiet)
+    if metrics is not None:
+        _print_summary(metrics, out_dir, quiet)
 
 
 @app.command("train-ae")

@@ -162,6 +162,12 @@ class FeaturesConfig(StrictModel):
 
 
 class AutoencoderConfig(StrictModel):
+    inputs: list[str] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description="which model inputs the autoencoder sees: feature columns, behavioural "
+        "features and hour_sin / hour_cos, by name or glob",
+    )
     hidden_layers: list[int] = Field(default_factory=lambda: [64, 32])
     latent_dim: int = Field(16, ge=1)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
@@ -186,13 +192,37 @@ class AutoencoderConfig(StrictModel):
 
 
 class PseudoLabelConfig(StrictModel):
-    """How autoencoder reconstruction error refines rule pseudo-labels.
+    """How the judge learns without labels (hybrid_ad.label_free); one default for all data.
 
-    Quantiles are of the reconstruction error of training rows the rules call normal.
+    Each signal's score becomes a surprise against the training events; their mean is the
+    prior, and the judge's target is the share of `contamination_rates` at which an event is
+    in the prior's top.
     """
 
-    demote_below_quantile: float = Field(0.999, ge=0, le=1)
-    promote_above_quantile: float = Field(0.999, ge=0, le=1)
+    signals: list[Literal["rules", "autoencoder", "histogram"]] = Field(
+        default_factory=lambda: ["rules", "autoencoder", "histogram"],
+        min_length=1,
+        description="label-free signals combined into the prior",
+    )
+    contamination_rates: list[float] = Field(
+        default_factory=lambda: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+        min_length=1,
+        description="candidate shares of anomalous events; the target averages over them",
+    )
+
+    @field_validator("signals")
+    @classmethod
+    def _distinct_signals(cls, signals: list[str]) -> list[str]:
+        if len(set(signals)) < len(signals):
+            raise ValueError("each signal may be listed once")
+        return signals
+
+    @field_validator("contamination_rates")
+    @classmethod
+    def _rates_in_range(cls, rates: list[float]) -> list[float]:
+        if any(not 0 < rate < 1 for rate in rates):
+            raise ValueError("every contamination rate must be in (0, 1)")
+        return rates
 
 
 class JudgeConfig(StrictModel):
@@ -214,9 +244,21 @@ class JudgeConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
+    """How alerts are decided and how every stage is measured on the test split."""
+
     precision_at_k: int = Field(100, ge=1)
-    threshold_policy: Literal["best_f1", "alert_rate"] = "best_f1"
-    alert_rate: float = Field(0.002, gt=0, lt=1)
+    threshold_policy: Literal["alert_budget", "best_f1"] = Field(
+        "alert_budget",
+        description="alert_budget: the score giving the analysts' capacity of alerts on "
+        "validation, from ranks alone (label-free); best_f1: best F1 on validation labels "
+        "(truth mode only)",
+    )
+    alerts_per_day: float | None = Field(
+        None, gt=0, description="analyst capacity in alerts per day of event time"
+    )
+    alert_rate: float = Field(
+        0.01, gt=0, lt=1, description="share of events alerted when alerts_per_day is not set"
+    )
     kind_column: str | None = Field(
         None, description="column naming each labelled anomaly's kind: recall per kind"
     )
@@ -238,6 +280,25 @@ class Config(StrictModel):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
 
     @model_validator(mode="after")
+    def _label_free_stays_label_free(self) -> Config:
+        label, kind = self.data.label, self.evaluation.kind_column
+        if self.judge.label_source == "pseudo" and self.evaluation.threshold_policy == "best_f1":
+            raise ValueError(
+                "evaluation.threshold_policy: best_f1 reads validation labels, and pseudo mode "
+                "never does: use alert_budget, or judge.label_source: truth"
+            )
+        for role, column in (("data.label", label), ("evaluation.kind_column", kind)):
+            if column is None:
+                continue
+            for where, name in _named_columns(self):
+                if name == column:
+                    raise ValueError(
+                        f"{where}: '{name}' is the {role} column; models and rules never "
+                        "read it (it would leak the answer into training and scoring)"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _behaviour_fits_the_data(self) -> Config:
         behavioural = self.features.behavioural
         if behavioural is None:
@@ -257,6 +318,30 @@ class Config(StrictModel):
                     "use judge.label_source: truth, or drop label_risk"
                 )
         return self
+
+
+def _named_columns(config: Config) -> list[tuple[str, str]]:
+    """(config key, column) for every column a model input or a rule names explicitly."""
+    named = [("data.features", name) for name in config.data.features]
+    named += [("data.entity_keys", name) for name in config.data.entity_keys]
+    named += [("features.log_scale", name) for name in config.features.log_scale]
+    behavioural = config.features.behavioural
+    if behavioural is not None:
+        named += [("features.behavioural.values", name) for name in behavioural.values]
+    for rule in config.rules.rules:
+        named += [(f"rules.{rule.name}", name) for name in _condition_columns(rule.when)]
+    return named
+
+
+def _condition_columns(condition: Condition) -> list[str]:
+    if condition.threshold is not None:
+        return [condition.threshold.feature]
+    if condition.zscore is not None:
+        return [condition.zscore.feature]
+    if condition.count_extreme is not None:
+        return list(condition.count_extreme.features)
+    children = condition.all or condition.any or ([condition.not_] if condition.not_ else [])
+    return [name for child in children for name in _condition_columns(child)]
 
 
 # --- loading ----------------------------------------------------------------------------------

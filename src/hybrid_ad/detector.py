@@ -27,15 +27,20 @@ from hybrid_ad.behavioural_live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
 from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.judge import Judge
+from hybrid_ad.label_free import HistogramDetector, TailScale, prior, soft_targets
 from hybrid_ad.progress import QUIET, ProgressReporter
-from hybrid_ad.pseudo_labels import ErrorBounds, refine_pseudo_labels
 from hybrid_ad.rules import RuleResult, RuleSet
 
-SCORE_COLUMNS = ("score", "rule_score", "reconstruction_error", "rules_hit")
 Events = pd.DataFrame | PreparedEvents
 """What every method takes: a raw frame, or events already prepared by `prepare_events`."""
+
+
+SIGNALS = ("rules", "autoencoder", "histogram")
+"""The label-free signals, each a score where higher is more unusual."""
+REASONS_PER_STAGE = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,15 @@ class StageOutputs:
     rules: RuleResult
     reconstruction_error: np.ndarray
     embedding: np.ndarray
+    histogram: np.ndarray
+
+    def signal(self, name: str) -> np.ndarray:
+        """One label-free signal's raw score (higher is more unusual)."""
+        return {
+            "rules": self.rules.score,
+            "autoencoder": self.reconstruction_error,
+            "histogram": self.histogram,
+        }[name]
 
 
 class Detector:
@@ -58,7 +72,9 @@ class Detector:
         self.features_: FeatureBuilder | None = None
         self.rules_: RuleSet | None = None
         self.autoencoder_: Autoencoder | None = None
-        self.error_bounds_: ErrorBounds | None = None
+        self.autoencoder_inputs_: list[int] | None = None
+        self.histogram_: HistogramDetector | None = None
+        self.tail_scales_: dict[str, TailScale] | None = None
         self.judge_: Judge | None = None
         self.judge_uses_autoencoder_ = True
         self.threshold_: float | None = None
@@ -76,14 +92,16 @@ class Detector:
         return self.fit_judge(train, validation)
 
     def fit_unsupervised(self, frame: Events, validation: Events) -> Detector:
-        """Fit scaler, rules and autoencoder. Never reads the label column."""
+        """Fit scaler, rules, autoencoder and histogram detector. Never reads the label column."""
         self.feature_columns_ = None
-        train = self._events(frame, "training data")
-        held_out = self._events(validation, "validation data", history=frame)
+        train = self._unlabelled(self._events(frame, "training data"))
+        held_out = self._unlabelled(self._events(validation, "validation data", history=frame))
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
         train_features = self.features_.transform(train)
         held_out_features = self.features_.transform(held_out)
+        self.autoencoder_inputs_ = self._select_autoencoder_inputs(train_features.scaled_names)
+        columns = self.autoencoder_inputs_
         train_rules = self.rules_.evaluate(train)
         if self.config.autoencoder.train_on == "rule_normal":
             train_rows = ~train_rules.pseudo_label
@@ -94,22 +112,36 @@ class Detector:
         autoencoder = Autoencoder(self.config.autoencoder, seed=self.config.seed)
         with self.progress.task("autoencoder", self.config.autoencoder.max_epochs) as advance:
             autoencoder.fit(
-                train_features.scaled[train_rows],
-                held_out_features.scaled[held_out_rows],
+                train_features.scaled[train_rows][:, columns],
+                held_out_features.scaled[held_out_rows][:, columns],
                 on_epoch=lambda epoch, loss, val: advance(epoch, f"val loss {val:.4f}"),
             )
         self.autoencoder_ = autoencoder
-        train_errors = autoencoder.reconstruction_error(train_features.scaled)
-        self.error_bounds_ = ErrorBounds.fit(
-            train_errors[~train_rules.pseudo_label], self.config.judge.pseudo
-        )
+        self.histogram_ = HistogramDetector().fit(train_features.scaled)
+        self.tail_scales_ = {}
+        outputs = self._outputs(train)
+        self.tail_scales_ = {name: TailScale().fit(outputs.signal(name)) for name in SIGNALS}
         self.judge_ = None
         return self
+
+    def _select_autoencoder_inputs(self, scaled_names: list[str]) -> list[int]:
+        """Positions of the inputs named by `autoencoder.inputs` (globs; `z_` prefix dropped)."""
+        import fnmatch
+
+        names = [name.removeprefix("z_") for name in scaled_names]
+        chosen = []
+        for pattern in self.config.autoencoder.inputs:
+            matches = [i for i, name in enumerate(names) if fnmatch.fnmatchcase(name, pattern)]
+            if not matches:
+                raise InputError(f"autoencoder.inputs: no model input matches '{pattern}'")
+            chosen += [i for i in matches if i not in chosen]
+        return sorted(chosen)
 
     def fit_judge(
         self, frame: Events, validation: Events, use_autoencoder: bool = True
     ) -> Detector:
-        """Fit the judge on the label source from config; needs `fit_unsupervised` first."""
+        """Fit the judge on the label source from config and choose its alert threshold on
+        validation; needs `fit_unsupervised` first."""
         self._require_unsupervised()
         truth = self.config.judge.label_source == "truth"
         train = self._events(frame, "training data", require_label=truth)
@@ -120,32 +152,56 @@ class Detector:
         held_out_inputs, _ = self._judge_matrix(held_out_outputs)
         judge = Judge(self.config.judge, seed=self.config.seed)
         title = "judge" if use_autoencoder else "judge (no autoencoder)"
+        reference = self._prior(train_outputs)
         with self.progress.task(title, self.config.judge.n_estimators) as advance:
             judge.fit(
                 inputs,
-                self.training_labels(train, train_outputs),
+                self.training_labels(train, train_outputs, reference),
                 held_out_inputs,
-                self.training_labels(held_out, held_out_outputs),
+                self.training_labels(held_out, held_out_outputs, reference),
                 names,
                 on_round=lambda round_: advance(round_, ""),
             )
         self.judge_ = judge
+        label = self.config.data.label
+        self.threshold_, _ = choose_threshold(
+            judge.predict_proba(held_out_inputs),
+            held_out[EVENT_SECONDS].to_numpy(),
+            self.config.evaluation,
+            held_out[label].to_numpy(np.int8) if truth and label is not None else None,
+        )
         return self
 
     def without_autoencoder_inputs(self, frame: Events, validation: Events) -> Detector:
-        """Ablation: the same detector and labels, with a judge that never sees the
-        autoencoder's outputs. The original detector is left unchanged."""
+        """Ablation: the same detector with a judge that never sees the autoencoder, in its
+        inputs or in its label-free prior. The original detector is left unchanged."""
         ablation = copy.copy(self)
         return ablation.fit_judge(frame, validation, use_autoencoder=False)
 
-    def training_labels(self, events: pd.DataFrame, outputs: StageOutputs) -> np.ndarray:
-        """The judge's targets: refined pseudo-labels, or the label column in `truth` mode."""
+    def training_labels(
+        self, events: pd.DataFrame, outputs: StageOutputs, reference: np.ndarray
+    ) -> np.ndarray:
+        """The judge's targets: the label column in `truth` mode; otherwise soft targets from
+        the label-free prior, against the training prior `reference` (hybrid_ad.label_free)."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)
-        assert self.error_bounds_ is not None
-        return refine_pseudo_labels(
-            outputs.rules.pseudo_label, outputs.reconstruction_error, self.error_bounds_
-        )
+        rates = self.config.judge.pseudo.contamination_rates
+        return soft_targets(self._prior(outputs), reference, rates)
+
+    def prior_signals(self) -> list[str]:
+        """The label-free signals the judge's prior combines (the ablation drops the
+        autoencoder's)."""
+        signals = list(self.config.judge.pseudo.signals)
+        if not self.judge_uses_autoencoder_ and len(signals) > 1:
+            signals = [name for name in signals if name != "autoencoder"]
+        return signals
+
+    def _prior(self, outputs: StageOutputs) -> np.ndarray:
+        return prior({name: self._surprise(outputs, name) for name in self.prior_signals()})
+
+    def _surprise(self, outputs: StageOutputs, name: str) -> np.ndarray:
+        assert self.tail_scales_ is not None
+        return self.tail_scales_[name].transform(outputs.signal(name))
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -167,8 +223,60 @@ class Detector:
             result["alert"] = result["score"].to_numpy() >= self.threshold_
         result["rule_score"] = outputs.rules.score
         result["reconstruction_error"] = outputs.reconstruction_error
+        result["histogram_score"] = outputs.histogram
         result["rules_hit"] = outputs.rules.hit_names()
         return result
+
+    def explain(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> pd.DataFrame:
+        """Why each event scored as it did: one JSON `reasons` string per event, in input order.
+
+        The rules that fired with their reasons; the judge's top contributions (XGBoost
+        `pred_contribs`: input, its value, signed contribution to the log-odds, which with
+        the bias sum to the margin); the autoencoder's worst-reconstructed inputs.
+        """
+        events = self._events(frame, source, history=history)
+        return pd.DataFrame({"reasons": self._reasons(events)}, index=events.index)
+
+    def _reasons(self, events: pd.DataFrame) -> list[str]:
+        outputs = self._outputs(events)
+        inputs, names = self._judge_matrix(outputs)
+        contributions = self._fitted_judge().contributions(inputs)[:, :-1]
+        assert self.autoencoder_ is not None and self.autoencoder_inputs_ is not None
+        input_errors = self.autoencoder_.input_errors(
+            outputs.features.scaled[:, self.autoencoder_inputs_]
+        )
+        ae_names = [outputs.features.scaled_names[i] for i in self.autoencoder_inputs_]
+        k = REASONS_PER_STAGE
+        top_judge = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
+        top_ae = np.argsort(-input_errors, axis=1, kind="stable")[:, :k]
+        rule_reasons = outputs.rules.reasons
+        reasons = []
+        for row in range(len(events)):
+            fired = np.flatnonzero(outputs.rules.hits[row])
+            payload = {
+                "rules": [
+                    {"rule": outputs.rules.names[i], "reason": rule_reasons[i]} for i in fired
+                ],
+                "judge": [
+                    {
+                        "input": readable_input(names[i]),
+                        "value": round(float(inputs[row, i]), 4),
+                        "contribution": round(float(contributions[row, i]), 4),
+                    }
+                    for i in top_judge[row]
+                ],
+                "autoencoder": [
+                    {
+                        "input": readable_input(ae_names[i]),
+                        "squared_error": round(float(input_errors[row, i]), 4),
+                    }
+                    for i in top_ae[row]
+                ],
+            }
+            reasons.append(json.dumps(payload, separators=(",", ":")))
+        return reasons
 
     def predict_proba(self, frame: Events) -> np.ndarray:
         """scikit-learn convention: columns are P(normal), P(anomaly)."""
@@ -212,21 +320,32 @@ class Detector:
 
     def _outputs(self, events: pd.DataFrame) -> StageOutputs:
         self._require_unsupervised()
-        assert self.features_ and self.rules_ and self.autoencoder_
-        features = self.features_.transform(events)
-        error, embedding = self.autoencoder_.transform(features.scaled)
-        return StageOutputs(features, self.rules_.evaluate(events), error, embedding)
+        assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
+        unlabelled = self._unlabelled(events)
+        features = self.features_.transform(unlabelled)
+        error, embedding = self.autoencoder_.transform(features.scaled[:, self.autoencoder_inputs_])
+        histogram = self.histogram_.decision_function(features.scaled)
+        return StageOutputs(features, self.rules_.evaluate(unlabelled), error, embedding, histogram)
+
+    def _unlabelled(self, events: pd.DataFrame) -> pd.DataFrame:
+        """The events without the label and kind columns: label-free stages cannot read them."""
+        hidden = [self.config.data.label, self.config.evaluation.kind_column]
+        present = [column for column in hidden if column is not None and column in events]
+        return events.drop(columns=present) if present else events
 
     def _judge_matrix(self, outputs: StageOutputs) -> tuple[np.ndarray, list[str]]:
+        """Everything the earlier stages know, by name. The autoencoder's latent code is left
+        out: its coordinates have no meaning a reason could name."""
         features = outputs.features
         parts = [features.scaled, features.engineered]
         names = [*features.scaled_names, *features.engineered_names]
         if self.judge_uses_autoencoder_:
-            parts += [np.log1p(outputs.reconstruction_error)[:, None], outputs.embedding]
-            names += ["log_reconstruction_error"]
-            names += [f"latent_{i}" for i in range(outputs.embedding.shape[1])]
-        parts += [outputs.rules.hits, outputs.rules.score[:, None]]
-        names += [f"rule_{name}" for name in outputs.rules.names] + ["rule_score"]
+            parts.append(self._surprise(outputs, "autoencoder")[:, None])
+            names.append("autoencoder_surprise")
+        parts += [self._surprise(outputs, "histogram")[:, None], outputs.rules.hits]
+        names += ["histogram_surprise", *(f"rule_{name}" for name in outputs.rules.names)]
+        parts.append(outputs.rules.score[:, None])
+        names.append("rule_score")
         return np.hstack([np.asarray(part, dtype=np.float32) for part in parts]), names
 
     def feature_importance(self) -> dict[str, float]:
@@ -288,7 +407,7 @@ class Detector:
         return prepared.rows(0, cut), prepared.rows(cut, len(ordered))
 
     def _require_unsupervised(self) -> None:
-        if self.features_ is None or self.rules_ is None or self.autoencoder_ is None:
+        if self.features_ is None or self.rules_ is None or self.tail_scales_ is None:
             raise RuntimeError("Detector is not fitted: call fit (or fit_unsupervised) first")
 
     def _fitted_judge(self) -> Judge:
@@ -301,16 +420,18 @@ class Detector:
     def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
         """Write the fitted detector: JSON, safetensors and XGBoost JSON, with a manifest."""
         self._require_unsupervised()
-        assert self.features_ and self.rules_ and self.autoencoder_ and self.error_bounds_
+        assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
+        assert self.tail_scales_ is not None
         weights, autoencoder_meta = self.autoencoder_.to_bytes()
         state = {
             "feature_columns": self.feature_columns_,
             "judge_uses_autoencoder": self.judge_uses_autoencoder_,
             "threshold": self.threshold_,
-            "error_bounds": {
-                "demote_below": self.error_bounds_.demote_below,
-                "promote_above": self.error_bounds_.promote_above,
-            },
+            "autoencoder_inputs": self.autoencoder_inputs_,
+        }
+        label_free = {
+            "histogram": self.histogram_.to_dict(),
+            "tail_scales": {name: scale.to_dict() for name, scale in self.tail_scales_.items()},
         }
         files = {
             "config.json": _json_bytes(config_to_dict(self.config)),
@@ -321,6 +442,7 @@ class Detector:
             ),
             "autoencoder.safetensors": weights,
             "autoencoder.json": autoencoder_meta,
+            "label_free.json": _json_bytes(label_free),
         }
         if self.judge_ is not None:
             files["judge.json"] = self.judge_.to_bytes()
@@ -346,8 +468,8 @@ class Detector:
             detector.feature_columns_ = list(state["feature_columns"])
             detector.judge_uses_autoencoder_ = bool(state["judge_uses_autoencoder"])
             detector.threshold_ = state["threshold"]
-            detector.error_bounds_ = ErrorBounds(**state["error_bounds"])
-        except (KeyError, TypeError) as exc:
+            detector.autoencoder_inputs_ = [int(i) for i in state["autoencoder_inputs"]]
+        except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}/detector.json: malformed ({exc})") from None
         detector.features_ = FeatureBuilder.from_dict(
             config.features, _json(files, "features.json")
@@ -358,6 +480,16 @@ class Detector:
             _file(files, "autoencoder.safetensors"),
             _json(files, "autoencoder.json"),
         )
+        label_free = _json(files, "label_free.json")
+        if not isinstance(label_free, dict) or not isinstance(label_free.get("tail_scales"), dict):
+            raise ArtifactError(f"{directory}/label_free.json: malformed")
+        n_scaled = detector.features_.n_scaled_inputs
+        detector.histogram_ = HistogramDetector.from_dict(label_free.get("histogram"), n_scaled)
+        scales = label_free["tail_scales"]
+        missing = [name for name in SIGNALS if name not in scales]
+        if missing:
+            raise ArtifactError(f"{directory}/label_free.json: no tail scale for '{missing[0]}'")
+        detector.tail_scales_ = {name: TailScale.from_dict(scales[name], name) for name in SIGNALS}
         if "judge.json" in files:
             detector.judge_ = Judge.from_bytes(config.judge, files["judge.json"], config.seed)
         detector.data_sha256_ = manifest.get("data_sha256")
@@ -414,8 +546,30 @@ class LiveScorer:
         return scored.iloc[0].to_dict()
 
 
+def readable_input(name: str) -> str:
+    """A judge or autoencoder input as a person would say it, for reasons and importance."""
+    fixed = {
+        "n_extreme_components": "number of extreme features",
+        "max_abs_z": "largest |z| of a feature",
+        "rms_z": "overall distance from typical (rms z)",
+        "autoencoder_surprise": "autoencoder reconstruction error (rarity)",
+        "histogram_surprise": "histogram outlier score (rarity)",
+        "rule_score": "rule score",
+        "hour_sin": "hour of day (sine)",
+        "hour_cos": "hour of day (cosine)",
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("z_"):
+        return f"{name[2:]} (standardised)"
+    if name.startswith("rule_"):
+        return f"rule {name[5:]} fired"
+    return name
+
+
 def library_versions() -> dict[str, str]:
     """Versions that decide whether a saved model reproduces its scores."""
+    import pyod
     import sklearn
     import torch
     import xgboost
@@ -427,6 +581,7 @@ def library_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "xgboost": xgboost.__version__,
         "scikit-learn": sklearn.__version__,
+        "pyod": pyod.__version__,
     }
 
 

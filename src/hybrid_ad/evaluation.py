@@ -19,23 +19,55 @@ from sklearn.metrics import (
 
 from hybrid_ad.config import EvaluationConfig
 
+SECONDS_PER_DAY = 86_400.0
+
+
+def budget_alerts(event_seconds: np.ndarray, config: EvaluationConfig) -> int:
+    """How many alerts the budget allows on these events: `alerts_per_day` times the days
+    they span, or `alert_rate` of them; at least one."""
+    n = len(event_seconds)
+    if config.alerts_per_day is not None and n:
+        days = float(np.max(event_seconds) - np.min(event_seconds)) / SECONDS_PER_DAY
+        wanted = config.alerts_per_day * days
+    else:
+        wanted = config.alert_rate * n
+    return int(min(max(round(wanted), 1), max(n, 1)))
+
 
 def choose_threshold(
-    labels: np.ndarray | None, scores: np.ndarray, config: EvaluationConfig
+    scores: np.ndarray,
+    event_seconds: np.ndarray,
+    config: EvaluationConfig,
+    labels: np.ndarray | None = None,
 ) -> tuple[float, str]:
-    """Threshold from validation data: best F1, or the score that flags `alert_rate` of events.
+    """Threshold from validation: the alert budget (ranks only), or best F1 on labels.
 
-    Falls back to the alert-rate policy when validation has no positives (best F1 would be
-    undefined), and says so in the returned policy name.
+    `alert_budget` never reads labels: the threshold is the score of the last alert the
+    budget allows. `best_f1` (truth mode) falls back to the budget when validation lacks a
+    positive, and says so in the returned policy name.
     """
-    has_positives = labels is not None and 0 < labels.sum() < len(labels)
-    if config.threshold_policy == "best_f1" and has_positives:
-        precision, recall, thresholds = precision_recall_curve(labels, scores)
-        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        best = int(np.argmax(f1[:-1]))
-        return float(thresholds[best]), "best_f1"
-    policy = "alert_rate" if config.threshold_policy == "alert_rate" else "alert_rate_fallback"
-    return float(np.quantile(scores, 1.0 - config.alert_rate)), policy
+    if config.threshold_policy == "best_f1":
+        if labels is not None and 0 < labels.sum() < len(labels):
+            precision, recall, thresholds = precision_recall_curve(labels, scores)
+            f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+            best = int(np.argmax(f1[:-1]))
+            return float(thresholds[best]), "best_f1"
+        policy = "alert_budget_fallback"
+    else:
+        policy = "alert_budget"
+    alerts = budget_alerts(event_seconds, config)
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    return float(ordered[alerts - 1]), policy
+
+
+def daily_precision(
+    labels: np.ndarray, alerts: np.ndarray, event_seconds: np.ndarray
+) -> tuple[float | None, int]:
+    """Mean over days with alerts of the share of true anomalies among that day's alerts,
+    and the number of such days: what an analyst team sees day by day."""
+    days = np.floor(np.asarray(event_seconds, dtype=np.float64) / SECONDS_PER_DAY)
+    shares = [float(labels[(days == day) & alerts].mean()) for day in np.unique(days[alerts])]
+    return (float(np.mean(shares)) if shares else None), len(shares)
 
 
 def precision_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:

@@ -199,6 +199,13 @@ class FeatureBuilder:
             engineered_names=["n_extreme_components", "max_abs_z", "rms_z", *self.judge_only_],
         )
 
+    @property
+    def n_scaled_inputs(self) -> int:
+        """Width of `FeatureMatrix.scaled`: columns, behavioural features, hour of day."""
+        if self.columns_ is None:
+            raise RuntimeError("FeatureBuilder.n_scaled_inputs read before fit")
+        return len(self.columns_) + len(self.behavioural_) + (2 if self.config.hour_of_day else 0)
+
     def to_dict(self) -> dict[str, Any]:
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.to_dict called before fit")

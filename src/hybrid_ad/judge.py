@@ -47,7 +47,7 @@ class Judge:
         feature_names: list[str],
         on_round: RoundCallback | None = None,
     ) -> Judge:
-        positives = int(labels.sum())
+        positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
         if positives == 0 or positives == len(labels):
             raise InputError(
                 f"judge: the training labels ({self.config.label_source}) contain only one class; "
@@ -94,9 +94,25 @@ class Judge:
         booster = self._fitted()
         booster.set_param({"nthread": threads or self.config.threads})
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        best = booster.best_iteration if _has_best(booster) else None
-        rounds = (0, best + 1) if best is not None else (0, 0)
-        return booster.predict(matrix, iteration_range=rounds).astype(np.float64)
+        return booster.predict(matrix, iteration_range=self._rounds()).astype(np.float64)
+
+    def contributions(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Per-input contributions to the log-odds (TreeSHAP), (n, d + 1), the bias last: each
+        row sums to the margin the probability is the sigmoid of."""
+        booster = self._fitted()
+        booster.set_param({"nthread": threads or self.config.threads})
+        matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
+        return booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+
+    def margin(self, inputs: np.ndarray) -> np.ndarray:
+        """The log-odds before the sigmoid, (n,)."""
+        booster = self._fitted()
+        matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
+        return booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
+
+    def _rounds(self) -> tuple[int, int]:
+        booster = self._fitted()
+        return (0, booster.best_iteration + 1) if _has_best(booster) else (0, 0)
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per input, normalised to sum to 1 (unused inputs are 0)."""

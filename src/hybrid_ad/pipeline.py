@@ -18,10 +18,16 @@ import pandas as pd
 
 from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
 from hybrid_ad.config import Config
-from hybrid_ad.data import Split, file_sha256, read_table, time_split, write_table
+from hybrid_ad.data import EVENT_SECONDS, Split, file_sha256, read_table, time_split, write_table
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.evaluation import choose_threshold, operating_point, recall_by_kind, stage_metrics
+from hybrid_ad.evaluation import (
+    choose_threshold,
+    daily_precision,
+    operating_point,
+    recall_by_kind,
+    stage_metrics,
+)
 from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.report import write_report
@@ -30,6 +36,7 @@ MODEL_DIR = "model"
 REPORTS_DIR = "reports"
 EMBEDDINGS_DIR = "embeddings"
 SCORE_CHUNK = 50_000
+TOP_ALERTS = 20
 
 
 class Timer:
@@ -117,19 +124,28 @@ def evaluate_step(
     with timer.step("score"):
         validation_scores = _stage_scores(detector, ablation, data.part("validation"))
         test_scores = _stage_scores(detector, ablation, data.part("test"))
-    validation_labels = data.split.validation[label].to_numpy(np.int8)
+    truth = config.judge.label_source == "truth"
+    validation_labels = data.split.validation[label].to_numpy(np.int8) if truth else None
+    validation_seconds = data.split.validation[EVENT_SECONDS].to_numpy()
     test_labels = data.split.test[label].to_numpy(np.int8)
+    test_seconds = data.split.test[EVENT_SECONDS].to_numpy()
     stages: dict[str, Any] = {}
     for name, scores in test_scores.items():
+        # Label-free in pseudo mode: validation labels reach only a truth-mode best_f1 policy.
         threshold, policy = choose_threshold(
-            validation_labels, validation_scores[name], config.evaluation
+            validation_scores[name], validation_seconds, config.evaluation, validation_labels
         )
+        if name == "judge":
+            assert detector.threshold_ is not None
+            threshold = detector.threshold_
+        per_day, days = daily_precision(test_labels, scores >= threshold, test_seconds)
         stages[name] = {
             **stage_metrics(test_labels, scores, threshold, config.evaluation.precision_at_k),
             "threshold_policy": policy,
+            "daily_precision": per_day,
+            "days_with_alerts": days,
         }
-    detector.threshold_ = stages["judge"]["threshold"]
-    learned = {"autoencoder", "judge", "judge_without_autoencoder"}
+    learned = {"autoencoder", "histogram", "judge", "judge_without_autoencoder"}
     metrics = {
         "stages": stages,
         "operating_point": operating_point(
@@ -155,8 +171,21 @@ def evaluate_step(
                 test_scores,
                 test_scores["autoencoder"],
                 detector.feature_importance(),
+                top_alerts(detector, data.part("test"), test_scores["judge"], test_labels),
             )
     return metrics
+
+
+def top_alerts(
+    detector: Detector, test: PreparedEvents, scores: np.ndarray, labels: np.ndarray
+) -> pd.DataFrame:
+    """The highest-scoring test events with their label and reasons, for the report."""
+    top = np.argsort(-scores, kind="stable")[:TOP_ALERTS]
+    chosen = PreparedEvents(test.frame.iloc[top], test.feature_columns, test.source)
+    reasons = detector.explain(chosen)
+    return pd.DataFrame(
+        {"score": scores[top], "label": labels[top], "reasons": reasons["reasons"].to_numpy()}
+    )
 
 
 def _recall_by_kind(
@@ -190,6 +219,7 @@ def _stage_scores(
     return {
         "rules": scored["rule_score"].to_numpy(),
         "autoencoder": scored["reconstruction_error"].to_numpy(),
+        "histogram": scored["histogram_score"].to_numpy(),
         "judge": scored["score"].to_numpy(),
         "judge_without_autoencoder": ablation.score(frame)["score"].to_numpy(),
     }
@@ -197,8 +227,11 @@ def _stage_scores(
 
 def run(
     config: Config, data_path: Path | None, out_dir: Path, progress: ProgressReporter
-) -> dict[str, Any]:
-    """Everything: fit all stages, evaluate them, write the report, save the detector."""
+) -> dict[str, Any] | None:
+    """Everything: fit all stages, evaluate them, write the report, save the detector.
+
+    Without a label column the detector is fitted and saved, and evaluation is skipped
+    (returns None)."""
     timer = Timer()
     with timer.step("load"):
         data = load_data(config, data_path)
@@ -213,6 +246,12 @@ def run(
     with timer.step("fit_judge"):
         detector.fit_judge(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
+    label = config.data.label
+    if label is None or label not in split.test.columns:
+        progress.log(f"{data.path}: no label column, so evaluation is skipped; model saved")
+        with timer.step("save"):
+            detector.save(out_dir / MODEL_DIR)
+        return None
     metrics = evaluate_step(detector, data, out_dir, timer, progress)
     with timer.step("save"):
         save_evaluated(detector, out_dir, metrics)
@@ -254,7 +293,7 @@ def score_file(
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
-            parts.append(detector.score(chunk))
+            parts.append(detector.score(chunk).join(detector.explain(chunk)))
             advance(start + len(chunk), "")
     write_table(pd.concat(parts), output_path)
     return len(events)

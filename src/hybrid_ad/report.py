@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import (
     average_precision_score,
@@ -41,6 +42,7 @@ STAGE_COLUMNS = (
     ("recall", "recall"),
     ("F1", "f1"),
     ("FPR", "false_positive_rate"),
+    ("daily precision", "daily_precision"),
 )
 NORMAL_COLOR = "#4c72b0"
 ANOMALY_COLOR = "#c44e52"
@@ -154,6 +156,7 @@ def write_report(
     stage_scores: dict[str, np.ndarray],
     reconstruction_error: np.ndarray | None,
     feature_importance: dict[str, float],
+    top_alerts: pd.DataFrame | None = None,
     title: str = "hybrid-ad evaluation",
 ) -> Path:
     """Write the plots and `index.html` into `reports_dir`; return the HTML path.
@@ -182,7 +185,9 @@ def write_report(
         filename: None if figure is None else _save_png(figure, reports_dir / filename)
         for filename, figure in figures.items()
     }
-    page = _render_html(title, metrics, images, feature_importance, labelled=y is not None)
+    page = _render_html(
+        title, metrics, images, feature_importance, labelled=y is not None, top_alerts=top_alerts
+    )
     index = reports_dir / "index.html"
     _write_atomic(index, page.encode("utf-8"))
     return index
@@ -548,6 +553,38 @@ def _kinds_section(by_stage: Mapping[str, Any]) -> str:
     return _table(["anomaly kind", "rows", *stages], rows)
 
 
+def _alerts_section(alerts: pd.DataFrame) -> str:
+    """The judge's highest test scores, each with the rules, judge inputs and autoencoder
+    inputs behind it (the `reasons` JSON of `score`, spelled out)."""
+    rows = []
+    for rank, (score, label, text) in enumerate(
+        alerts[["score", "label", "reasons"]].itertuples(index=False), start=1
+    ):
+        reasons = json.loads(text)
+        rules = "; ".join(f"{r['rule']}: {r['reason']}" for r in reasons["rules"]) or "none"
+        judge = "; ".join(
+            f"{r['input']} = {r['value']:g} ({r['contribution']:+.2f})" for r in reasons["judge"]
+        )
+        worst = ", ".join(r["input"] for r in reasons["autoencoder"])
+        rows.append(
+            f'<tr><td>{rank}</td><td class="num">{_e(_fmt(score))}</td>'
+            f'<td class="num">{_e(label)}</td><td>{_e(rules)}</td><td>{_e(judge)}</td>'
+            f"<td>{_e(worst)}</td></tr>"
+        )
+    header = "".join(
+        f"<th>{_e(h)}</th>"
+        for h in (
+            "#",
+            "score",
+            "label",
+            "rules fired",
+            "judge: top inputs (log-odds contribution)",
+            "autoencoder: worst inputs",
+        )
+    )
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _split_section(split: Mapping[str, Any]) -> str:
     if not split:
         return "<p>No split summary was recorded.</p>"
@@ -611,6 +648,7 @@ def _render_html(
     images: Mapping[str, bytes | None],
     importance: Mapping[str, Any],
     labelled: bool,
+    top_alerts: pd.DataFrame | None = None,
 ) -> str:
     label_source = metrics.get("label_source")
     unlabelled = (
@@ -634,6 +672,11 @@ def _render_html(
             if metrics.get("recall_by_kind")
             else []
         ),
+        *(
+            [("Top test alerts and their reasons", _alerts_section(top_alerts))]
+            if top_alerts is not None
+            else []
+        ),
         ("Time-ordered split", _split_section(metrics.get("split") or {})),
         ("How to read this report", f"<dl>{glossary}</dl>"),
         ("Plots", _plots_section(images, labelled)),
@@ -647,6 +690,7 @@ def _render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><p>Label source: <b>{_e(label_source or 'n/a')}</b>. "
-        "Stages: rule score, autoencoder reconstruction error, judge probability, and the "
-        f"judge trained without the autoencoder features.</p>{unlabelled}{body}</body></html>\n"
+        "Stages: rule score, autoencoder reconstruction error, histogram detector (HBOS), "
+        "judge probability, and the judge trained without the autoencoder."
+        f"</p>{unlabelled}{body}</body></html>\n"
     )

@@ -1,0 +1,145 @@
+"""How the judge learns without labels: independent label-free signals, combined by rank.
+
+The rules, the autoencoder and a histogram detector (PyOD's HBOS) each say how unusual an
+event is, on scales that cannot be compared. Each score becomes a *surprise*: minus the log of
+the share of training events scoring at least as high, so 1 in 1,000 is 6.9 whatever the
+detector. The prior is their mean: an event that several independent views find rare ranks
+above one that a single view finds rare.
+
+The judge is then trained on soft targets from that prior. How many events are anomalous is
+unknown without labels, so instead of guessing one contamination rate the target is the share
+of rates (0.2 % ... 10 %) at which the event would be in the prior's top: the rarest events
+are positive at every rate, borderline ones at a few. The trees learn which features and
+signals produce high priors and generalise that to events no single signal ranks first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hybrid_ad.errors import ArtifactError
+
+TAIL_POINTS = 512
+"""Points kept of each training score distribution: log-spaced ranks, dense in the upper tail."""
+
+
+class TailScale:
+    """Turns a detector's scores into surprises, -log(share of training scores >= s).
+
+    Keeps `TAIL_POINTS` (score, rank) pairs of the training distribution, log-spaced from the
+    top, so the saved form is small and the upper tail, where alerts live, stays exact.
+    """
+
+    def __init__(self) -> None:
+        self.scores_: np.ndarray | None = None  # descending scores at the kept ranks
+        self.ranks_: np.ndarray | None = None  # 1-based ranks from the top
+        self.n_: int = 0
+
+    def fit(self, scores: np.ndarray) -> TailScale:
+        ascending = np.sort(np.asarray(scores, dtype=np.float64))
+        n = len(ascending)
+        positions = np.round(np.geomspace(1, n, min(TAIL_POINTS, n))).astype(np.int64)
+        kept = np.unique(ascending[n - positions])[::-1]  # distinct scores, descending
+        # The rank of a kept score counts every training score equal to it (ties).
+        ranks = n - np.searchsorted(ascending, kept, side="left")
+        self.scores_, self.ranks_, self.n_ = kept, ranks.astype(np.float64), n
+        return self
+
+    def transform(self, scores: np.ndarray) -> np.ndarray:
+        """Surprise of each score: 0 for the most ordinary, about log(n) beyond the maximum."""
+        if self.scores_ is None or self.ranks_ is None:
+            raise RuntimeError("TailScale.transform called before fit")
+        values = np.asarray(scores, dtype=np.float64)
+        # Rank of a score: how many training scores are >= it (interpolated between kept points).
+        ascending_scores, ascending_ranks = self.scores_[::-1], self.ranks_[::-1]
+        rank = np.interp(values, ascending_scores, ascending_ranks, left=self.n_, right=0.0)
+        return -np.log((rank + 1.0) / (self.n_ + 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.scores_ is None or self.ranks_ is None:
+            raise RuntimeError("TailScale.to_dict called before fit")
+        return {"scores": self.scores_.tolist(), "ranks": self.ranks_.tolist(), "n": self.n_}
+
+    @classmethod
+    def from_dict(cls, payload: Any, name: str) -> TailScale:
+        scale = cls()
+        try:
+            scores = np.asarray(payload["scores"], dtype=np.float64)
+            ranks = np.asarray(payload["ranks"], dtype=np.float64)
+            n = int(payload["n"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"label_free.json: malformed tail scale '{name}'") from None
+        if scores.ndim != 1 or scores.shape != ranks.shape or len(scores) == 0 or n < 1:
+            raise ArtifactError(f"label_free.json: tail scale '{name}' has inconsistent shapes")
+        if not (np.all(np.isfinite(scores)) and np.all(np.diff(scores) < 0)):
+            raise ArtifactError(f"label_free.json: tail scale '{name}' is not a sorted tail")
+        scale.scores_, scale.ranks_, scale.n_ = scores, ranks, n
+        return scale
+
+
+class HistogramDetector:
+    """PyOD's HBOS on the scaled features: independent per-feature histograms, fast to score.
+
+    Fitted by PyOD; its fitted state (bin edges and densities) is saved as JSON arrays and put
+    back into a fresh PyOD estimator on load, so nothing is pickled.
+    """
+
+    N_BINS = 10
+
+    def __init__(self) -> None:
+        self.model_: Any = None
+
+    def fit(self, inputs: np.ndarray) -> HistogramDetector:
+        from pyod.models.hbos import HBOS
+
+        self.model_ = HBOS(n_bins=self.N_BINS).fit(np.asarray(inputs, dtype=np.float64))
+        return self
+
+    def decision_function(self, inputs: np.ndarray) -> np.ndarray:
+        """Higher is more anomalous: minus the summed log densities of the event's bins."""
+        if self.model_ is None:
+            raise RuntimeError("HistogramDetector used before fit")
+        return np.asarray(
+            self.model_.decision_function(np.asarray(inputs, dtype=np.float64)), dtype=np.float64
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.model_ is None:
+            raise RuntimeError("HistogramDetector.to_dict called before fit")
+        return {
+            "hist": np.asarray(self.model_.hist_).tolist(),
+            "bin_edges": np.asarray(self.model_.bin_edges_).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: Any, n_inputs: int) -> HistogramDetector:
+        from pyod.models.hbos import HBOS
+
+        try:
+            hist = np.asarray(payload["hist"], dtype=np.float64)
+            edges = np.asarray(payload["bin_edges"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError("label_free.json: malformed histogram detector") from None
+        if hist.shape != (cls.N_BINS, n_inputs) or edges.shape != (cls.N_BINS + 1, n_inputs):
+            raise ArtifactError("label_free.json: histogram detector shapes do not match")
+        detector = cls()
+        model = HBOS(n_bins=cls.N_BINS)
+        model.hist_, model.bin_edges_ = hist, edges
+        detector.model_ = model
+        return detector
+
+
+def prior(surprises: dict[str, np.ndarray]) -> np.ndarray:
+    """The rank-combined prior: the mean surprise over the signals."""
+    return np.mean(np.column_stack(list(surprises.values())), axis=1)
+
+
+def soft_targets(prior_scores: np.ndarray, reference: np.ndarray, rates: list[float]) -> np.ndarray:
+    """Share of contamination `rates` at which each event is in the top of `reference`.
+
+    `reference` is the training prior, so validation targets use the training cut-offs.
+    """
+    cuts = np.quantile(reference, [1.0 - rate for rate in rates])
+    return np.mean([prior_scores >= cut for cut in cuts], axis=0).astype(np.float32)

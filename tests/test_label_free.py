@@ -1,0 +1,186 @@
+"""The label-free contract (issue 8): pseudo mode never reads labels, alert budgets come from
+ranks alone, and every scored event carries its reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hybrid_ad.cli import app
+from hybrid_ad.config import EvaluationConfig, config_from_dict
+from hybrid_ad.data import EVENT_SECONDS, time_split, validate_events
+from hybrid_ad.detector import Detector
+from hybrid_ad.errors import ConfigError
+from hybrid_ad.evaluation import budget_alerts, choose_threshold, daily_precision
+from hybrid_ad.label_free import TailScale, soft_targets
+from tests.conftest import make_events, small_config_dict
+
+runner = CliRunner()
+
+
+def _run(tmp_path: Path, frame: pd.DataFrame, name: str) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(small_config_dict()))
+    data = tmp_path / f"{name}.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / name
+    result = runner.invoke(
+        app, ["run", "--config", str(config), "--data", str(data), "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    return out / "model"
+
+
+def test_deleting_or_permuting_the_label_changes_nothing_but_the_manifest(tmp_path) -> None:
+    events = make_events()
+    permuted = events.assign(Class=np.random.default_rng(5).permutation(events["Class"]))
+    assert (permuted["Class"] != events["Class"]).any()
+    models = [
+        _run(tmp_path, events, "original"),
+        _run(tmp_path, permuted, "permuted"),
+        _run(tmp_path, events.drop(columns="Class"), "unlabelled"),
+    ]
+    files = [{p.name: p.read_bytes() for p in model.iterdir()} for model in models]
+    for other in files[1:]:
+        assert set(other) == set(files[0])
+        for name in files[0]:
+            if name != "manifest.json":
+                assert other[name] == files[0][name], f"{name} differs"
+    thresholds = [json.loads(f["detector.json"])["threshold"] for f in files]
+    assert thresholds[0] is not None and len(set(thresholds)) == 1
+    scores = []
+    for model in models:
+        scored = tmp_path / f"{model.parent.name}-scores.csv"
+        result = runner.invoke(
+            app,
+            ["score", "--model", str(model), "--input", str(tmp_path / "original.csv"),
+             "--output", str(scored), "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        scores.append(pd.read_csv(scored))
+    for other in scores[1:]:
+        pd.testing.assert_frame_equal(other, scores[0])
+    # evaluation only where there is a label
+    assert (models[0].parent / "reports" / "metrics.json").exists()
+    assert not (models[2].parent / "reports" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override, where",
+    [
+        ({"data": {"features": ["V*", "Amount", "Class"]}}, "data.features"),
+        ({"features": {"log_scale": ["Class"]}}, "features.log_scale"),
+        (
+            {"rules": {"rules": [{"name": "leak", "reason": "x", "when": {"threshold": {
+                "feature": "Class", "op": ">", "value": 0.5}}}]}},
+            "rules.leak",
+        ),
+        ({"evaluation": {"threshold_policy": "best_f1"}}, "best_f1"),
+    ],
+)  # fmt: skip
+def test_configs_that_would_read_the_label_are_refused(override, where) -> None:
+    with pytest.raises(ConfigError, match=where):
+        config_from_dict(small_config_dict(**override))
+
+
+def test_best_f1_is_allowed_in_truth_mode() -> None:
+    raw = small_config_dict(
+        judge={"label_source": "truth"}, evaluation={"threshold_policy": "best_f1"}
+    )
+    assert config_from_dict(raw).evaluation.threshold_policy == "best_f1"
+
+
+def test_alert_budget_per_day_and_share_use_ranks_only() -> None:
+    seconds = np.linspace(0, 4 * 86_400, 4001)  # four days
+    scores = np.random.default_rng(0).random(4001)
+    per_day = EvaluationConfig(alerts_per_day=25)
+    assert budget_alerts(seconds, per_day) == 100
+    threshold, policy = choose_threshold(scores, seconds, per_day)
+    assert policy == "alert_budget" and (scores >= threshold).sum() == 100
+    share = EvaluationConfig(alert_rate=0.05)
+    threshold, _ = choose_threshold(scores, seconds, share)
+    assert (scores >= threshold).sum() == round(0.05 * 4001)
+    # labels are ignored by the budget
+    labels = np.zeros(4001, dtype=np.int8)
+    labels[:10] = 1
+    assert choose_threshold(scores, seconds, share, labels)[0] == threshold
+
+
+def test_daily_precision_is_the_mean_of_each_days_share() -> None:
+    seconds = np.array([0, 10, 20, 86_400, 86_410, 2 * 86_400])
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    alerts = np.array([True, True, False, True, True, False])
+    value, days = daily_precision(labels, alerts, seconds)
+    assert days == 2 and value == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_tail_scale_counts_ties_and_is_monotone() -> None:
+    train = np.r_[np.zeros(980), np.arange(1, 21)]
+    scale = TailScale().fit(train)
+    surprise = scale.transform(np.array([-1.0, 0.0, 1.0, 20.0, 21.0]))
+    assert surprise[0] == surprise[1] == pytest.approx(0.0, abs=1e-12)
+    assert surprise[2] == pytest.approx(-np.log(21 / 1001))  # 20 training scores >= 1
+    assert surprise[3] == pytest.approx(-np.log(2 / 1001))
+    assert np.all(np.diff(surprise) >= 0)
+    again = TailScale.from_dict(json.loads(json.dumps(scale.to_dict())), "x")
+    np.testing.assert_array_equal(again.transform(train), scale.transform(train))
+
+
+def test_soft_targets_average_over_contamination_rates() -> None:
+    reference = np.arange(1000, dtype=float)
+    targets = soft_targets(np.array([999.0, 985.0, 0.0]), reference, [0.002, 0.02])
+    np.testing.assert_allclose(targets, [1.0, 0.5, 0.0])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    config = config_from_dict(small_config_dict())
+    events, _ = validate_events(make_events(), config.data, "events")
+    split = time_split(events, config.data.split)
+    return Detector(config).fit(split.train, split.validation), split
+
+
+def test_explain_gives_rules_judge_and_autoencoder_reasons(fitted) -> None:
+    detector, split = fitted
+    reasons = detector.explain(split.test)
+    assert list(reasons.index) == list(split.test.index)
+    scored = detector.score(split.test)
+    for text, hits in zip(reasons["reasons"], scored["rules_hit"], strict=True):
+        payload = json.loads(text)
+        assert [r["rule"] for r in payload["rules"]] == [h for h in hits.split(";") if h]
+        assert all(r["reason"] for r in payload["rules"])
+        assert len(payload["judge"]) == 3 and len(payload["autoencoder"]) == 3
+        for item in payload["judge"] + payload["autoencoder"]:
+            assert "latent" not in item["input"] and not item["input"].startswith("z_")
+
+
+def test_contributions_plus_bias_equal_the_margin(fitted) -> None:
+    detector, split = fitted
+    outputs = detector.stage_outputs(split.test)
+    inputs, _ = detector._judge_matrix(outputs)
+    judge = detector.judge_
+    contributions = judge.contributions(inputs)
+    np.testing.assert_allclose(contributions.sum(axis=1), judge.margin(inputs), atol=1e-4)
+    probability = 1 / (1 + np.exp(-judge.margin(inputs)))
+    np.testing.assert_allclose(probability, judge.predict_proba(inputs), rtol=1e-5)
+
+
+def test_score_command_writes_reasons(fitted, tmp_path) -> None:
+    detector, split = fitted
+    detector.save(tmp_path / "model")
+    split.test.drop(columns=EVENT_SECONDS).to_csv(tmp_path / "test.csv", index=False)
+    result = runner.invoke(
+        app,
+        ["score", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "test.csv"),
+         "--output", str(tmp_path / "out.csv"), "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert len(out) == len(split.test)
+    assert all(json.loads(text)["judge"] for text in out["reasons"])
