@@ -273,7 +273,7 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
 def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     if column not in frame.columns:
         raise InputError(f"{source}: missing event id column '{column}'")
-    ids = _canonical_text(frame[column], column, source, what="event id")
+    ids = canonical_text(frame[column], column, source, what="event id")
     empty = (ids.str.strip() == "").to_numpy()
     if empty.any():
         row = int(np.argmax(empty))
@@ -294,15 +294,18 @@ def _netstrings(frame: pd.DataFrame, columns: list[str], source: str) -> list[st
         return [""] * len(frame)
     joined: pd.Series | None = None
     for column in columns:
-        text = _canonical_text(frame[column], column, source, what="value")
+        text = canonical_text(frame[column], column, source, what="value")
         piece = text.str.len().astype(str) + ":" + text + ","
         joined = piece if joined is None else joined + piece
     assert joined is not None
     return joined.tolist()
 
 
-def _canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:
-    """Values as text that survives a CSV round trip: 7, 7.0 and "7" read back alike."""
+def canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:
+    """Ids and keys as text that survives a CSV round trip: 7, 7.0 and "7" read back alike.
+
+    A missing value is an `InputError` naming `column`, the `what` and the data row.
+    """
     missing = values.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
