@@ -20,6 +20,7 @@ from hybrid_ad import pipeline
 from hybrid_ad.config import Config, load_config
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import HybridADError, InputError
+from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.progress import ProgressReporter
 
 app = typer.Typer(
@@ -218,6 +219,9 @@ def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
         stderr.print(f"report: {report}", markup=False, highlight=False, soft_wrap=True)
         model = out_dir / pipeline.MODEL_DIR
         stderr.print(f"model:  {model}", markup=False, highlight=False, soft_wrap=True)
+
+
+app.add_typer(labels_cli.build_app(_user_errors), name="labels")
 
 
 def main() -> None:
