@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.errors import InputError, StoreError
-from hybrid_ad.labels import VERDICT_COLUMNS, open_store, read_verdicts, validate_verdicts
+from hybrid_ad.labels import (
+    VERDICT_COLUMNS,
+    Verdicts,
+    open_store,
+    read_verdicts,
+    validate_verdicts,
+)
 
 from .conftest import execute_raw
 
@@ -164,9 +170,10 @@ def test_a_bad_batch_is_refused_whole(store_url: str, rows: dict, message: str) 
 def test_a_write_that_fails_part_way_keeps_nothing(store_url: str) -> None:
     with open_store(store_url, create=True) as store:
         valid = validate_verdicts(_verdicts(("a", "1", "x", ""), ("b", "0", "x", "")))
-        broken = valid.assign(event_id=["a", ""])  # past validation: the table's CHECK refuses
+        # Past validation, so the table's CHECK refuses the second row mid-write.
+        broken = Verdicts(valid.frame.assign(event_id=["a", ""]))
         with pytest.raises(StoreError, match="cannot write"):
-            store._insert(broken)
+            store.append(broken)
         assert store.verdicts().empty
         store.append(valid)
         assert len(store.verdicts()) == 2

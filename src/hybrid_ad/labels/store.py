@@ -72,9 +72,22 @@ def read_verdicts(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+@dataclass(frozen=True)
+class Verdicts:
+    """Verdicts that passed `validate_verdicts`: typed, in `VERDICT_COLUMNS` order.
+
+    A store appends these without checking them again.
+    """
+
+    frame: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
 def validate_verdicts(
     frame: pd.DataFrame, source: str = "verdicts", now: TimeLike | None = None
-) -> pd.DataFrame:
+) -> Verdicts:
     """Check every verdict and return them typed, in `VERDICT_COLUMNS` order.
 
     The first problem is an `InputError` naming the data row: an unknown or missing column, an
@@ -107,7 +120,7 @@ def validate_verdicts(
         }
     )
     _refuse_conflicts(verdicts, source)
-    return verdicts
+    return Verdicts(verdicts)
 
 
 def first_line(exc: BaseException) -> str:
@@ -233,12 +246,16 @@ class LabelStore(ABC):
     location: str
     """Where the store is, for messages (a PostgreSQL URL without its password)."""
 
-    def append(self, verdicts: pd.DataFrame, source: str = "verdicts") -> int:
-        """Validate and store verdicts in one transaction: all of them, or none on any error."""
-        rows = validate_verdicts(verdicts, source)
-        if not rows.empty:
-            self._insert(rows)
-        return len(rows)
+    def append(self, verdicts: pd.DataFrame | Verdicts, source: str = "verdicts") -> int:
+        """Store verdicts in one transaction: all of them, or none on any error.
+
+        A frame is validated first (`validate_verdicts`; `source` names it in errors).
+        """
+        if not isinstance(verdicts, Verdicts):
+            verdicts = validate_verdicts(verdicts, source)
+        if len(verdicts):
+            self._insert(verdicts.frame)
+        return len(verdicts)
 
     @abstractmethod
     def _insert(self, verdicts: pd.DataFrame) -> None:
