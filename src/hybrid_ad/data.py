@@ -261,12 +261,11 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     width = block.shape[1] * 8
     rows = memoryview(np.ascontiguousarray(block)).cast("B")
     keys = _netstrings(frame, config.entity_keys, source)
-    sha256 = hashlib.sha256
+    sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
     ids = [
-        sha256(rows[row * width : (row + 1) * width].tobytes() + key.encode()).hexdigest()
+        sha256(rows[row * width : (row + 1) * width].tobytes() + key.encode()).hexdigest()[:digits]
         for row, key in enumerate(keys)
     ]
-    ids = [digest[:EVENT_ID_HEX_DIGITS] for digest in ids]
     return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
 
 

@@ -129,6 +129,10 @@ def test_stats_count_sources_labels_events_and_time_range(store_url: str) -> Non
             "batch: data row 2: label must be 0 or 1, got '2'",
         ),
         (
+            {"event_id": ["a", "b"], "label": [1, 2], "source": ["x", "x"]},
+            "batch: data row 2: label must be 0 or 1, got 2",
+        ),
+        (
             {"event_id": ["a", ""], "label": ["1", "0"], "source": ["x", "x"]},
             "batch: data row 2: empty event_id",
         ),

@@ -160,7 +160,7 @@ def _labels(values: pd.Series, source: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~np.isin(numbers, (0.0, 1.0))
-        _first_bad(source, bad, lambda row: f"label must be 0 or 1, got {values.iloc[row]!r}")
+        _first_bad(source, bad, lambda row: f"label must be 0 or 1, got {numbers[row]:g}")
         return numbers.astype(np.int8)
     text = values.fillna("").astype(str).str.strip().reset_index(drop=True)
     bad = ~text.isin(("0", "1")).to_numpy()
