@@ -12,6 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
+from hybrid_ad.config import DataConfig
+from hybrid_ad.data import event_ids
 
 from .conftest import make_events, small_config_dict
 
@@ -95,8 +97,10 @@ def test_score_keeps_rows_and_order(workspace: Path, ran: dict) -> None:
         str(workspace / "scored.csv"),
     )
     assert result.exit_code == 0, result.output
-    scored = pd.read_csv(workspace / "scored.csv", keep_default_na=False)
+    scored = pd.read_csv(workspace / "scored.csv", keep_default_na=False, dtype={"event_id": str})
     assert len(scored) == 500
+    assert scored.columns[0] == "event_id"
+    assert scored["event_id"].tolist() == event_ids(events, DataConfig()).tolist()
     assert {"score", "alert", "rule_score", "reconstruction_error", "rules_hit"} <= set(scored)
     from hybrid_ad.detector import Detector
 

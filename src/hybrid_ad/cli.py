@@ -10,17 +10,20 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hybrid_ad import pipeline
 from hybrid_ad.config import Config, load_config
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import HybridADError, InputError
+from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.progress import ProgressReporter
+
+if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
+    from hybrid_ad import pipeline
+    from hybrid_ad.detector import Detector
 
 app = typer.Typer(
     add_completion=False,
@@ -73,6 +76,8 @@ def _trained(
     config: Path, data: Path | None, out: Path | None, quiet: bool
 ) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
     """What every step after `train-ae` starts from: the data and the detector saved so far."""
+    from hybrid_ad import pipeline
+
     settings, out_dir, progress = _setup(config, out, quiet)
     loaded = pipeline.load_data(settings, data)
     detector = pipeline.load_trained(out_dir, loaded)
@@ -89,6 +94,8 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Fit every stage, evaluate them on the test split, write the report, save the model."""
+    from hybrid_ad import pipeline
+
     settings, out_dir, progress = _setup(config, out, quiet)
     metrics = pipeline.run(settings, data, out_dir, progress)
     if metrics is not None:
@@ -104,6 +111,8 @@ def train_ae(
     quiet: QuietOption = False,
 ) -> None:
     """Fit rules, scaling and the autoencoder; save them to OUT/model (no judge yet)."""
+    from hybrid_ad import pipeline
+
     settings, out_dir, progress = _setup(config, out, quiet)
     loaded = pipeline.load_data(settings, data)
     pipeline.train_autoencoder_step(settings, loaded, out_dir, progress)
@@ -119,6 +128,8 @@ def embed(
     quiet: QuietOption = False,
 ) -> None:
     """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
+    from hybrid_ad import pipeline
+
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     for path in pipeline.embed_step(detector, loaded, out_dir):
         progress.log(f"wrote {path}")
@@ -133,6 +144,8 @@ def train_judge(
     quiet: QuietOption = False,
 ) -> None:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
+    from hybrid_ad import pipeline
+
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     pipeline.train_judge_step(detector, loaded, out_dir)
     progress.log(f"saved detector to {out_dir / pipeline.MODEL_DIR}")
@@ -147,6 +160,8 @@ def evaluate(
     quiet: QuietOption = False,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
+    from hybrid_ad import pipeline
+
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
     metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
     pipeline.save_evaluated(detector, out_dir, metrics)
@@ -163,6 +178,8 @@ def score(
     quiet: QuietOption = False,
 ) -> None:
     """Score events with a saved model: one output row per input row, in input order."""
+    from hybrid_ad import pipeline
+
     progress = ProgressReporter(enabled=not quiet)
     rows = pipeline.score_file(model, input, output, progress)
     progress.log(f"scored {rows:,} events -> {output}")
@@ -211,6 +228,7 @@ def download(
 
 
 def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
+    from hybrid_ad import pipeline
     from hybrid_ad.report import markdown_table
 
     sys.stdout.write(markdown_table(metrics) + "\n")
@@ -219,6 +237,9 @@ def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
         stderr.print(f"report: {report}", markup=False, highlight=False, soft_wrap=True)
         model = out_dir / pipeline.MODEL_DIR
         stderr.print(f"model:  {model}", markup=False, highlight=False, soft_wrap=True)
+
+
+app.add_typer(labels_cli.build_app(_user_errors), name="labels")
 
 
 def main() -> None:

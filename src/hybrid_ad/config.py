@@ -54,7 +54,22 @@ class DataConfig(StrictModel):
         description="column names or glob patterns (`V*`), in the order given",
     )
     entity_keys: list[str] = Field(default_factory=list)
+    event_id: str | None = Field(
+        None,
+        description="column holding each event's unique id (never a model input); without it, "
+        "ids are derived from the event (hybrid_ad.data.event_ids)",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _event_id_has_its_own_column(self) -> DataConfig:
+        if self.event_id is not None and self.event_id in {
+            self.timestamp,
+            self.label,
+            *self.entity_keys,
+        }:
+            raise ValueError(f"event_id: '{self.event_id}' already has another role")
+        return self
 
 
 # --- rules ------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def resolve_columns(patterns: list[str], columns: list[str], source: str) -> lis
 
 def feature_columns(frame: pd.DataFrame, config: DataConfig, source: str) -> list[str]:
     """The model's input columns: the configured patterns, never the timestamp or the label."""
-    reserved = {config.timestamp, config.label, EVENT_SECONDS, *config.entity_keys}
+    reserved = {config.timestamp, config.label, config.event_id, EVENT_SECONDS, *config.entity_keys}
     candidates = [column for column in frame.columns if column not in reserved]
     return resolve_columns(config.features, candidates, source)
 
@@ -226,3 +226,104 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
     else:
         kinds = ", ".join(SUPPORTED_SUFFIXES)
         raise InputError(f"{path}: unsupported output type; use one of {kinds}")
+
+
+EVENT_ID = "event_id"
+"""Name of the id column in every output that carries one (`score`, review queues, labels)."""
+EVENT_ID_HEX_DIGITS = 16
+
+
+def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -> pd.Series:
+    """Each event's id, as text, indexed like `frame`: the key that joins scores and labels.
+
+    With `data.event_id` set, the ids are that column's values as text (integers as decimals,
+    integral floats as integers, so CSV and Parquet agree); a missing or empty id, or a
+    duplicate, is an `InputError`. Without it, the id is derived from what identifies the event
+    to the model, so it is the same whether the event arrives as CSV, Parquet or a dict, and
+    whatever the column order or extra columns (the label is never part of it):
+
+    the first 16 hex digits of the sha256 of, per event: the event time in seconds (as
+    `event_seconds` gives it: epoch seconds for date-times, milliseconds / 1000) and then each
+    feature column's value in order of column name, all float64 little-endian (-0.0 as 0.0);
+    followed, in `data.entity_keys` order, by each key's text as a netstring
+    (`<characters>:<text>,`, UTF-8). Events identical in all of these share an id.
+    """
+    if config.event_id is not None:
+        return _configured_ids(frame, config.event_id, source)
+    missing = [column for column in [config.timestamp, *config.entity_keys] if column not in frame]
+    if missing:
+        raise InputError(f"{source}: missing column '{missing[0]}'")
+    features = sorted(feature_columns(frame, config, source))
+    block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
+    block[:, 0] = event_seconds(frame, config, source) + 0.0
+    for position, column in enumerate(features, start=1):
+        block[:, position] = _numeric_column(frame, column, source) + 0.0
+    width = block.shape[1] * 8
+    rows = memoryview(np.ascontiguousarray(block)).cast("B")
+    keys = _netstrings(frame, config.entity_keys, source)
+    sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
+    ids = [
+        sha256(rows[row * width : (row + 1) * width].tobytes() + key.encode()).hexdigest()[:digits]
+        for row, key in enumerate(keys)
+    ]
+    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
+
+
+def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+    if column not in frame.columns:
+        raise InputError(f"{source}: missing event id column '{column}'")
+    ids = canonical_text(frame[column], column, source, what="event id")
+    empty = (ids.str.strip() == "").to_numpy()
+    if empty.any():
+        row = int(np.argmax(empty))
+        raise InputError(f"{source}: column '{column}' has an empty event id at data row {row + 1}")
+    repeated = ids.duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.argmax(repeated))
+        first = int(np.argmax((ids == ids.iloc[row]).to_numpy()))
+        raise InputError(
+            f"{source}: column '{column}' has the duplicate event id {ids.iloc[row]!r} "
+            f"at data rows {first + 1} and {row + 1}"
+        )
+    return ids.rename(EVENT_ID)
+
+
+def _netstrings(frame: pd.DataFrame, columns: list[str], source: str) -> list[str]:
+    if not columns:
+        return [""] * len(frame)
+    joined: pd.Series | None = None
+    for column in columns:
+        text = canonical_text(frame[column], column, source, what="value")
+        piece = text.str.len().astype(str) + ":" + text + ","
+        joined = piece if joined is None else joined + piece
+    assert joined is not None
+    return joined.tolist()
+
+
+def canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:
+    """Ids and keys as text that survives a CSV round trip: 7, 7.0 and "7" read back alike.
+
+    A missing value is an `InputError` naming `column`, the `what` and the data row.
+    """
+    missing = values.isna().to_numpy()
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise InputError(f"{source}: column '{column}' has a missing {what} at data row {row + 1}")
+    if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        text = values.astype(np.int64).astype(str)
+    elif isinstance(values.dtype, pd.StringDtype):
+        text = values.astype(str)
+    else:
+        text = values.map(_value_text)
+    return text.astype(str).set_axis(values.index)
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return str(value)

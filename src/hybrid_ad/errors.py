@@ -21,6 +21,10 @@ class ArtifactError(HybridADError):
     """A saved model is missing, truncated, tampered with, or from an incompatible version."""
 
 
+class StoreError(HybridADError):
+    """A label store cannot be reached or opened, or is not a label store."""
+
+
 def format_validation_error(source: str, error: ValidationError, skip: int = 0) -> str:
     """One line: the file, the dotted key path (less `skip` leading parts) and the problem."""
     first = error.errors()[0]

@@ -18,7 +18,16 @@ import pandas as pd
 
 from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
 from hybrid_ad.config import Config
-from hybrid_ad.data import EVENT_SECONDS, Split, file_sha256, read_table, time_split, write_table
+from hybrid_ad.data import (
+    EVENT_ID,
+    EVENT_SECONDS,
+    Split,
+    event_ids,
+    file_sha256,
+    read_table,
+    time_split,
+    write_table,
+)
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import (
@@ -288,12 +297,16 @@ def score_file(
     the models score it in chunks.
     """
     detector = Detector.load(model_dir)
-    events = prepare_events(read_table(input_path), detector.config, str(input_path))
+    raw = read_table(input_path)
+    ids = event_ids(raw, detector.config.data, str(input_path))
+    events = prepare_events(raw, detector.config, str(input_path))
     parts = []
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
             parts.append(detector.score(chunk).join(detector.explain(chunk)))
             advance(start + len(chunk), "")
-    write_table(pd.concat(parts), output_path)
+    scored = pd.concat(parts)
+    scored.insert(0, EVENT_ID, ids.to_numpy())
+    write_table(scored, output_path)
     return len(events)
