@@ -199,27 +199,31 @@ def simulate(
     from hybrid_ad.simulate import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
-    flags = {"streaming": {"--accounts": accounts}, "transactions": {"--customers": customers,
-             "--terminals": terminals}}  # fmt: skip
-    if kind not in flags:
+    if kind not in ("streaming", "transactions"):
         raise InputError(f"--kind: expected streaming or transactions, got {kind!r}")
-    for other, given in flags.items():
-        for flag, value in given.items():
-            if other != kind and value is not None:
-                raise InputError(f"{flag} is for --kind {other}, not --kind {kind}")
+    owners = {
+        "--accounts": "streaming",
+        "--customers": "transactions",
+        "--terminals": "transactions",
+    }
+    given = {"--accounts": accounts, "--customers": customers, "--terminals": terminals}
+    for flag, value in given.items():
+        if value is not None and owners[flag] != kind:
+            raise InputError(f"{flag} is for --kind {owners[flag]}, not --kind {kind}")
+    customers = 5000 if customers is None else customers
+    terminals = 10000 if terminals is None else terminals
+    accounts = 1000 if accounts is None else accounts
     try:
         if kind == "transactions":
             from hybrid_ad.simulate_transactions import simulate_transactions
 
-            frame = simulate_transactions(
-                customers or 5000, terminals or 10000, days, seed, start or "2018-04-01"
-            )
+            frame = simulate_transactions(customers, terminals, days, seed, start or "2018-04-01")
             labels, what = "is_fraud", "fraud_scenario"
-            who = f"{customers or 5000:,} customers at {terminals or 10000:,} terminals"
+            who = f"{customers:,} customers at {terminals:,} terminals"
         else:
-            frame = simulate_events(accounts or 1000, days, seed, start or "2026-01-05")
+            frame = simulate_events(accounts, days, seed, start or "2026-01-05")
             labels, what = "is_anomaly", "anomaly_kind"
-            who = f"{accounts or 1000:,} accounts"
+            who = f"{accounts:,} accounts"
         write_events(frame, out)
     except ValueError as exc:
         raise InputError(str(exc)) from None
