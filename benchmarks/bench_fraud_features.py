@@ -162,9 +162,10 @@ def main() -> None:
             f"| {name} ({values['trees']} trees, {values['seconds']:.0f} s) "
             f"| {values['average_precision']:.4f} | {values['roc_auc']:.4f} |"
         )
-    recall = metrics.get("recall_by_kind")
-    if recall:
-        print(f"\njudge recall per scenario at its threshold: {json.dumps(recall)}")
+    print("\nrecall per fraud scenario at each stage's threshold (chosen on validation):")
+    for stage, kinds in metrics.get("recall_by_kind", {}).items():
+        print(f"  {stage}: " + ", ".join(f"{k} {v['recall']:.3f}" for k, v in kinds.items()))
+    print(f"hybrid-ad run timings (s): {json.dumps(metrics.get('timings_s', {}))}")
     sys.stdout.flush()
 
 
