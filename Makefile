@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench streaming clean
+.PHONY: run test lint bench streaming transactions clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 streaming: $(STAMP)
 	$(BIN)/hybrid-ad simulate --out data/simulated/streaming.parquet --accounts 1000 --days 28 --seed 7
 	$(BIN)/hybrid-ad run --config config/streaming_service.yaml
+
+## Simulate card transactions and run the pipeline with the standard fraud feature set.
+transactions: $(STAMP)
+	$(BIN)/hybrid-ad simulate --kind transactions --out data/simulated/transactions.parquet --customers 2000 --terminals 4000 --days 90 --seed 7
+	$(BIN)/hybrid-ad run --config config/transactions.yaml
 
 ## Lint, format check and the test suite.
 test: $(STAMP) lint

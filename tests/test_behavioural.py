@@ -60,7 +60,7 @@ CONFIGS = [
         values=["amount"],
         aggregates=ALL_AGGREGATES,
         session_gap="30s",
-        label_risk=LabelRiskConfig(window="1m", delay="20s"),
+        label_risk=LabelRiskConfig(windows=["15s", "1m", "40s"], delay="20s"),
         entity_ttl="5m",
     ),
     BehaviouralConfig(
@@ -91,7 +91,10 @@ CONFIGS = [
         values=["amount"],
         aggregates=ALL_AGGREGATES,
         session_gap="30s",
-        label_risk=LabelRiskConfig(window="1m", delay="10s"),
+        # label risk for two of the three keys only; the other's slots carry none
+        label_risk=LabelRiskConfig(
+            windows=["30s", "1m"], delay="10s", keys=["terminal", ["terminal", "customer"]]
+        ),
         entity_ttl="5m",
     ),
 ]
@@ -310,6 +313,77 @@ def test_label_risk_sees_only_labels_known_before_the_event() -> None:
     assert rate == [0, 0, 1, 0.5, 0.5, pytest.approx(2 / 3)]
 
 
+def test_several_label_risk_windows_share_the_delay() -> None:
+    config = BehaviouralConfig(
+        windows=[], last_n=[], session_gap=None, time_since_previous=False,
+        label_risk={"windows": ["20s", "100s"], "delay": "10s"},
+    )  # fmt: skip
+    times = [0, 5, 12, 15, 40, 111]
+    labels = [1, 0, 1, 0, 1, 0]
+    out = both(config, frame_of(times, labels=labels))
+    assert list(out.columns) == [
+        "global__label_rate_20s_delay10s",
+        "global__labelled_events_20s_delay10s",
+        "global__label_rate_100s_delay10s",
+        "global__labelled_events_100s_delay10s",
+    ]
+    # at 40 the labels known are of events up to 30: 20 s window (10, 30] holds 12 and 15,
+    # 100 s window all four; at 111: (81, 101] is empty, (1, 101] holds 5, 12, 15, 40
+    assert out["global__labelled_events_20s_delay10s"].tolist() == [0, 0, 1, 2, 2, 0]
+    assert out["global__label_rate_20s_delay10s"].tolist() == [0, 0, 1, 0.5, 0.5, 0]
+    assert out["global__labelled_events_100s_delay10s"].tolist() == [0, 0, 1, 2, 4, 4]
+    assert out["global__label_rate_100s_delay10s"].tolist() == [0, 0, 1, 0.5, 0.5, 0.5]
+
+
+def test_label_risk_for_some_keys_only() -> None:
+    config = BehaviouralConfig(
+        entity_keys=["customer", "terminal"], windows=["1m"], last_n=[], session_gap=None,
+        label_risk={"windows": ["1d", "7d"], "delay": "1d", "keys": ["terminal"]},
+    )  # fmt: skip
+    names = feature_names(config)
+    assert not [name for name in names if name.startswith("customer__label")]
+    assert [name for name in names if "label" in name] == [
+        "terminal__label_rate_1d_delay1d",
+        "terminal__labelled_events_1d_delay1d",
+        "terminal__label_rate_7d_delay1d",
+        "terminal__labelled_events_7d_delay1d",
+    ]
+    day = 86400.0
+    frame = frame_of(
+        [0, day, 2 * day, 3 * day, 3 * day + 1],
+        customers=list("abcab"), terminals=[1, 1, 2, 1, 1], labels=[1, 0, 1, 1, 0],
+    )  # fmt: skip
+    out = both(config, frame)
+    # terminal 1 at 1d: the label of t=0 is known exactly then, in both windows; at 3d the
+    # labels up to 2d are known: 7d window t=0 and t=1d; 1d window (1d, 2d]: none of them
+    assert out["terminal__labelled_events_7d_delay1d"].tolist() == [0, 1, 0, 2, 2]
+    assert out["terminal__label_rate_7d_delay1d"].tolist() == [0, 1, 0, 0.5, 0.5]
+    assert out["terminal__labelled_events_1d_delay1d"].tolist() == [0, 1, 0, 0, 0]
+    assert out["terminal__label_rate_1d_delay1d"].tolist() == [0, 1, 0, 0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(frame=streams(), cut=st.floats(0.0, 1.0), config=st.sampled_from([CONFIGS[0], COMPOSITE]))
+def test_labels_are_never_visible_before_their_delay(
+    frame: pd.DataFrame, cut: float, config: BehaviouralConfig
+) -> None:
+    """Leakage: changing every label not yet known at time c (events after c - delay) leaves
+    the features of every event up to c unchanged, in both engines, for every window."""
+    assert config.label_risk is not None
+    delay = parse_duration(config.label_risk.delay)
+    c = float(frame["time"].min() + cut * (frame["time"].max() - frame["time"].min()))
+    unknown = frame["time"] > c - delay
+    changed = frame.assign(label=np.where(unknown, 1.0 - frame["label"].fillna(0.0), 0.0))
+    changed.loc[~unknown, "label"] = frame.loc[~unknown, "label"]
+    seen = (frame["time"] <= c).to_numpy()
+    for engine in (
+        lambda f: compute_batch(f, config, "time", "label"),
+        lambda f: FeatureState(config, "label").update_many(f),
+    ):
+        before, after = engine(frame), engine(changed)
+        pd.testing.assert_frame_equal(before[seen], after[seen])
+
+
 def test_label_of_the_event_itself_is_never_used() -> None:
     config = BehaviouralConfig(
         windows=["1h"], session_gap=None, label_risk=LabelRiskConfig(window="1h", delay="1s")
@@ -393,12 +467,19 @@ def test_save_and_load_use_json(tmp_path) -> None:
     )
 
 
+RISK_AT = 9 + 4 * 9 + 2
+"""CONFIGS[0]'s header: 9 fixed columns, 4 windows of 1 + 8 columns (one value), 2 session
+sums, then per label-risk window LABEL_LO, KNOWN, BAD."""
+
+
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        (12, 99.0, "window start outside"),  # the first window's start, past the buffer's end
-        (12, -1.0, "whole number"),
-        (9, 0.0, "label-risk counters out of order"),  # LABEL_HI below LABEL_LO
+        (9, 99.0, "window start outside"),  # the first window's start, past the buffer's end
+        (9, -1.0, "whole number"),
+        (8, 0.0, "label-risk counters out of order"),  # LABEL_HI below the first LABEL_LO
+        (RISK_AT + 3 + 2, 9.0, "label-risk counters out of order"),  # BAD above KNOWN
+        (RISK_AT + 6, 99.0, "out of order"),  # the third risk window's LABEL_LO past LABEL_HI
         (1, float("nan"), "buffer length"),  # END
         (7, "inf", "non-finite"),  # SESSION_COUNT
     ],
@@ -409,8 +490,8 @@ def test_damaged_state_is_refused_before_the_kernel_reads_it(column, value, mess
     state.update_many(frame_of([0, 5, 30, 31, 80], customers=list("aabaa"), labels=[0] * 5))
     document = json.loads(json.dumps(state.to_dict(), allow_nan=False))
     header = document["entities"][0][0][1]["header"]
-    header[8] = 2.0  # LABEL_LO = 2, a valid position; the cases below break one thing each
-    header[9] = max(header[9], 2.0)
+    header[RISK_AT] = 2.0  # LABEL_LO = 2, a valid position; the cases below break one thing each
+    header[8] = max(header[8], 2.0)  # LABEL_HI
     FeatureState.from_dict(document)  # still valid
     header[column] = value
     with pytest.raises(ArtifactError, match=message) as caught:
@@ -480,6 +561,11 @@ def test_bad_window_spec_is_a_one_line_config_error() -> None:
         {"windows": ["1h", "60m"]},
         {"entity_ttl": "1h", "windows": ["1d"]},
         {"label_risk": {"window": "1d", "delay": "0s"}},
+        {"label_risk": {"window": "1d", "windows": ["2d"]}},
+        {"label_risk": {"windows": []}},
+        {"label_risk": {"windows": ["1d", "24h"]}},
+        {"label_risk": {"windows": ["1d"], "keys": ["terminal"]}, "entity_keys": ["customer"]},
+        {"label_risk": {"windows": ["70d"]}},  # 70d + 7d is beyond the 60d entity_ttl
         {"session_gap": "-5m"},
     ],
 )

@@ -219,3 +219,34 @@ def test_a_column_named_like_a_behavioural_feature_is_refused() -> None:
     frame = entity_events().assign(customer_id__count_1h=1.0)
     with pytest.raises(InputError, match="has the name of a behavioural feature"):
         prepare_events(frame, config, "events.csv")
+
+
+def test_several_label_risk_windows_and_calendar_flags_score_alike_live_and_in_batch() -> None:
+    """Truth mode with the terminal's label risk over two windows and calendar inputs: the
+    judge sees the risk, and event-by-event scoring equals frame scoring."""
+    raw = small_config_dict(
+        data={"entity_keys": ["customer_id", "terminal_id"]},
+        features={
+            "calendar": ["weekend", "night"],
+            "behavioural": {
+                **BEHAVIOURAL,
+                "label_risk": {"windows": ["2h", "12h"], "delay": "1h", "keys": ["terminal_id"]},
+            },
+        },
+        judge={"label_source": "truth"},
+    )
+    config = config_from_dict(raw)
+    train, validation, test = split_parts(entity_events(), config)
+    detector = Detector(config).fit(train, validation)
+    names = detector.feature_importance()
+    assert "is_night" in names and "terminal_id__label_rate_12h_delay1h" in names
+    assert not [name for name in names if name.startswith("customer_id__label")]
+    history = pd.concat([train, validation])
+    events = test.iloc[:120]
+    batch = detector.score(events, history=history)
+    live = detector.live(history=history)
+    streamed = pd.DataFrame(
+        [live.score_event(event) for event in events.to_dict("records")], index=events.index
+    )
+    assert live.dead_letters == []
+    np.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6, atol=1e-9)

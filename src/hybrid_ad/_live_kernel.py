@@ -28,12 +28,16 @@ from hybrid_ad.behavioural import _CANCELLATION, _two_prod, _variance
 
 # header columns of a slot
 LAST_T, END, BASE, OFFSET, CAP, FRESH = 0, 1, 2, 3, 4, 5
-SESSION_START, SESSION_COUNT, LABEL_LO, LABEL_HI, KNOWN, BAD = 6, 7, 8, 9, 10, 11
-FIXED = 12
-"""Columns before the per-window blocks."""
+SESSION_START, SESSION_COUNT, LABEL_HI = 6, 7, 8
+FIXED = 9
+"""Columns before the per-window blocks. LABEL_HI: the first sequence whose label is not known
+yet (shared by every label-risk window, as they share the delay)."""
 # per window: its start sequence, then per value these columns
 SUM_HI, SUM_LO, SQ_HI, SQ_LO, MIN, MIN_AT, MAX, MAX_AT = range(8)
 PER_VALUE = 8
+# after the windows, the session sums (2 per value), then per label-risk window these columns
+LABEL_LO, KNOWN, BAD = range(3)
+PER_RISK = 3
 # heap columns of a buffered event
 ROW_TIME, ROW_LABEL, ROW_VALUES = 0, 1, 2
 MIN_CAPACITY = 8
@@ -50,14 +54,20 @@ ACCEPTED, LATE, SKIPPED = 0, 1, 2
     F_RATIO,
     F_SINCE_PREVIOUS,
     F_SESSION,
-    F_RISK,
-) = range(10)
+) = range(9)
 # params (float64 array) positions
-P_TTL, P_LATENESS, P_GAP_FILL, P_SESSION_GAP, P_RISK_DELAY, P_RISK_HORIZON = range(6)
+P_TTL, P_LATENESS, P_GAP_FILL, P_SESSION_GAP, P_RISK_DELAY = range(5)
 
 
-def header_width(n_windows: int, n_values: int) -> int:
-    """Columns of a slot's header row for this many windows and value columns."""
+def header_width(n_windows: int, n_values: int, n_risk: int) -> int:
+    """Columns of a slot's header row for this many windows, value columns and label-risk
+    windows."""
+    return risk_column(n_windows, n_values) + PER_RISK * n_risk
+
+
+@njit(cache=True)
+def risk_column(n_windows: int, n_values: int) -> int:
+    """Header column where the label-risk windows' blocks start."""
     return FIXED + n_windows * (1 + PER_VALUE * n_values) + 2 * n_values
 
 
@@ -66,22 +76,29 @@ def heap_width(n_values: int) -> int:
     return ROW_VALUES + n_values
 
 
-def header_problem(h: np.ndarray, n_windows: int, n_values: int, risk: bool) -> str | None:
+def header_problem(h: np.ndarray, n_windows: int, n_values: int, n_risk: int) -> str | None:
     """What makes a restored header unsafe for the kernel, or None.
 
     The kernel does not check bounds, so positions read from a saved state must be proven to
-    lie inside the entity's buffer before the kernel sees them.
+    lie inside the entity's buffer before the kernel sees them. `n_risk` is 0 for a key
+    without label-risk features (the kernel never reads those columns of its slots).
     """
     if not np.isfinite(np.delete(h, _extreme_columns(n_windows, n_values))).all():
         return "a non-finite number where a finite one is needed"
     base, end = h[BASE], h[END]
     block = 1 + PER_VALUE * n_values
     positions = [h[FIXED + w * block] for w in range(n_windows)]
-    if risk:
-        positions += [h[LABEL_LO], h[LABEL_HI]]
-        if not h[LABEL_LO] <= h[LABEL_HI] or not 0 <= h[BAD] <= h[KNOWN]:
-            return "label-risk counters out of order"
-    counts = [base, end, h[SESSION_COUNT], h[KNOWN], h[BAD], *positions]
+    counts = [base, end, h[SESSION_COUNT]]
+    if n_risk:
+        positions.append(h[LABEL_HI])
+        for r in range(n_risk):
+            at = risk_column(n_windows, n_values) + PER_RISK * r
+            lo, known, bad = h[at + LABEL_LO], h[at + KNOWN], h[at + BAD]
+            if not lo <= h[LABEL_HI] or not 0 <= bad <= known:
+                return "label-risk counters out of order"
+            positions.append(lo)
+            counts += [known, bad]
+    counts += positions
     if any(value < 0 or value != int(value) for value in counts):
         return "a count or position that is not a whole number >= 0"
     if not base <= end or any(not base <= p <= end for p in positions):
@@ -130,7 +147,7 @@ def _reset(h: np.ndarray, t: float, n_windows: int, n_values: int) -> None:
     h[FRESH] = 0.0
     h[SESSION_START] = t
     h[SESSION_COUNT] = 0.0
-    h[LABEL_LO] = h[LABEL_HI] = h[KNOWN] = h[BAD] = 0.0
+    h[LABEL_HI] = 0.0
     block = 1 + PER_VALUE * n_values
     for w in range(n_windows):
         at = FIXED + w * block
@@ -142,13 +159,13 @@ def _reset(h: np.ndarray, t: float, n_windows: int, n_values: int) -> None:
             h[a + MAX] = -np.inf
             h[a + MIN_AT] = h[a + MAX_AT] = -1.0
     session = FIXED + n_windows * block
-    for v in range(2 * n_values):
-        h[session + v] = 0.0
+    for v in range(session, h.shape[0]):  # session sums and label-risk counters
+        h[v] = 0.0
 
 
 @njit(cache=True)
 def _make_room(
-    h: np.ndarray, heap: np.ndarray, used: np.ndarray, n_windows: int, n_values: int, risk: bool
+    h: np.ndarray, heap: np.ndarray, used: np.ndarray, n_windows: int, n_values: int, n_risk: int
 ) -> bool:
     """Ensure the slot's region can take one more event; False if the heap has no room.
 
@@ -164,8 +181,9 @@ def _make_room(
     block = 1 + PER_VALUE * n_values
     for w in range(n_windows):
         keep = min(keep, h[FIXED + w * block])
-    if risk:
-        keep = min(keep, h[LABEL_LO])
+    risk_at = risk_column(n_windows, n_values)
+    for r in range(n_risk):
+        keep = min(keep, h[risk_at + PER_RISK * r + LABEL_LO])
     drop = int(keep - h[BASE])
     offset = int(h[OFFSET])
     if drop > 0:
@@ -212,9 +230,11 @@ def _features(
     sizes: np.ndarray,
     flags: np.ndarray,
     params: np.ndarray,
+    risk_spans: np.ndarray,
 ) -> None:
     """Write the features of an event at t from the slot's history into `out`, moving every
-    window's start (and subtracting the events that leave it) on the way."""
+    window's start (and subtracting the events that leave it) on the way. `risk_spans` holds
+    delay + window of each label-risk window (empty for a key without them)."""
     n_values = x.shape[0]
     seq = int(h[END])
     base = int(h[BASE])
@@ -313,36 +333,48 @@ def _features(
         for v in range(n_values):
             out[c] = h[session + 2 * v] + h[session + 2 * v + 1]
             c += 1
-    if flags[F_RISK]:
-        lo = int(h[LABEL_LO])
-        hi = int(h[LABEL_HI])
-        known = h[KNOWN]
-        bad = h[BAD]
+    if risk_spans.shape[0]:
+        old_hi = int(h[LABEL_HI])  # labels of sequences old_hi..hi become known now
+        hi = old_hi
         bound = t - params[P_RISK_DELAY]
         while hi < seq and heap[offset + hi, ROW_TIME] <= bound:
-            code = heap[offset + hi, ROW_LABEL]
-            if code >= 0.0:
-                known += 1.0
-                bad += code
             hi += 1
-        bound = t - params[P_RISK_HORIZON]
-        while lo < hi and heap[offset + lo, ROW_TIME] <= bound:
-            code = heap[offset + lo, ROW_LABEL]
-            if code >= 0.0:
-                known -= 1.0
-                bad -= code
-            lo += 1
-        h[LABEL_LO] = lo
         h[LABEL_HI] = hi
-        h[KNOWN] = known
-        h[BAD] = bad
-        out[c] = bad / known if known else 0.0
-        out[c + 1] = known
+        risk_at = risk_column(spans.shape[0], n_values)
+        for r in range(risk_spans.shape[0]):
+            at = risk_at + PER_RISK * r
+            lo = int(h[at + LABEL_LO])
+            known = h[at + KNOWN]
+            bad = h[at + BAD]
+            for s in range(old_hi, hi):
+                code = heap[offset + s, ROW_LABEL]
+                if code >= 0.0:
+                    known += 1.0
+                    bad += code
+            bound = t - risk_spans[r]
+            while lo < hi and heap[offset + lo, ROW_TIME] <= bound:
+                code = heap[offset + lo, ROW_LABEL]
+                if code >= 0.0:
+                    known -= 1.0
+                    bad -= code
+                lo += 1
+            h[at + LABEL_LO] = lo
+            h[at + KNOWN] = known
+            h[at + BAD] = bad
+            out[c] = bad / known if known else 0.0
+            out[c + 1] = known
+            c += 2
 
 
 @njit(cache=True)
 def _learn(
-    h: np.ndarray, heap: np.ndarray, t: float, x: np.ndarray, label: int, flags: np.ndarray
+    h: np.ndarray,
+    heap: np.ndarray,
+    t: float,
+    x: np.ndarray,
+    label: int,
+    flags: np.ndarray,
+    n_windows: int,
 ) -> None:
     """Append the event to the slot's buffer and add it to every running sum and cache."""
     n_values = x.shape[0]
@@ -351,7 +383,6 @@ def _learn(
     heap[row, ROW_TIME] = t
     heap[row, ROW_LABEL] = label
     block = 1 + PER_VALUE * n_values
-    n_windows = (h.shape[0] - FIXED - 2 * n_values) // block
     for v in range(n_values):
         xv = x[v]
         heap[row, ROW_VALUES + v] = xv
@@ -385,6 +416,9 @@ def advance(
     sizes: np.ndarray,
     flags: np.ndarray,
     params: np.ndarray,
+    risk_spans: np.ndarray,
+    key_risk: np.ndarray,
+    key_at: np.ndarray,
     header: np.ndarray,
     heap: np.ndarray,
     watermark: np.ndarray,
@@ -396,17 +430,17 @@ def advance(
 ) -> int:
     """Features of events first.. in order, each from its entities' history, then learned.
 
-    `slots[i, k]` is event i's slot for entity key k; out[i] gets the keys' features side by
-    side. Skipped events (malformed, found by the caller) and late ones are left out and
-    change nothing. Returns len(times) when done, or the index of the event that found the
+    `slots[i, k]` is event i's slot for entity key k; out[i, key_at[k]:key_at[k + 1]] gets
+    key k's features; `key_risk[k]` says whether key k has the label-risk windows
+    `risk_spans`. Skipped events (malformed, found by the caller) and late ones are left out
+    and change nothing. Returns len(times) when done, or the index of the event that found the
     heap full (nothing of it was learned yet): grow the heap and call again from there.
     """
     n_keys = slots.shape[1]
     n_values = values.shape[1]
     n_windows = spans.shape[0]
-    width = out.shape[1] // n_keys
     ttl = params[P_TTL]
-    risk = flags[F_RISK] != 0
+    no_risk = risk_spans[:0]
     for i in range(first, times.shape[0]):
         if skip[i]:
             status[i] = SKIPPED
@@ -420,7 +454,8 @@ def advance(
             h = header[slots[i, k]]
             if h[FRESH] != 0.0 or t - h[LAST_T] > ttl:
                 _reset(h, t, n_windows, n_values)
-            if not _make_room(h, heap, used, n_windows, n_values, risk):
+            n_risk = risk_spans.shape[0] if key_risk[k] else 0
+            if not _make_room(h, heap, used, n_windows, n_values, n_risk):
                 return i
         if t > watermark[0]:
             watermark[0] = t
@@ -428,10 +463,10 @@ def advance(
         for k in range(n_keys):
             h = header[slots[i, k]]
             te = max(t, h[LAST_T])  # late, but allowed: keep the entity in order
-            _features(
-                h, heap, te, x, out[i, k * width : (k + 1) * width], spans, sizes, flags, params
-            )
-            _learn(h, heap, te, x, labels[i], flags)
+            row = out[i, key_at[k] : key_at[k + 1]]
+            risk = risk_spans if key_risk[k] else no_risk
+            _features(h, heap, te, x, row, spans, sizes, flags, params, risk)
+            _learn(h, heap, te, x, labels[i], flags, n_windows)
         status[i] = ACCEPTED
     return times.shape[0]
 

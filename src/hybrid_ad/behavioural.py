@@ -96,16 +96,50 @@ class LabelRiskConfig(BaseModel):
     """Share of labelled anomalies among the entity's events, using only labels already known.
 
     A label is assumed to become known `delay` after its event (a chargeback arrives weeks
-    later), so an event at time t sees the labels of events with time in
-    (t - delay - window, t - delay].
+    later), so an event at time t sees, for each window w, the labels of events with time in
+    (t - delay - w, t - delay]. Several windows give the fraud literature's standard terminal
+    risk (1, 7 and 30 days, each known 7 days late). `window: 30d` is short for `windows: [30d]`.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    window: str = Field("30d", description="span of event times whose labels are counted")
+    windows: list[str] = Field(
+        default_factory=lambda: ["30d"],
+        min_length=1,
+        description="spans of event times whose labels are counted, one feature pair each",
+    )
     delay: str = Field("7d", description="how long after its event a label becomes known; > 0")
+    keys: list[str | list[str]] | None = Field(
+        None,
+        min_length=1,
+        description="the entity keys (as written in entity_keys) that get label-risk features; "
+        "None = every key",
+    )
 
-    @field_validator("window", "delay")
+    @model_validator(mode="before")
+    @classmethod
+    def _single_window(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and "window" in raw:
+            if "windows" in raw:
+                raise ValueError("give window or windows, not both")
+            raw = {key: value for key, value in raw.items() if key != "window"} | {
+                "windows": [raw["window"]]
+            }
+        return raw
+
+    @field_validator("windows")
+    @classmethod
+    def _valid_windows(cls, windows: list[str]) -> list[str]:
+        seconds = []
+        for spec in windows:
+            value = parse_duration(spec)
+            if value <= 0:
+                raise ValueError(f"duration {spec!r} must be positive")
+            seconds.append(value)
+        _unique(seconds, "window (in seconds)")
+        return windows
+
+    @field_validator("delay")
     @classmethod
     def _positive(cls, spec: str) -> str:
         if parse_duration(spec) <= 0:
@@ -233,6 +267,26 @@ class BehaviouralConfig(BaseModel):
         return spec
 
     @model_validator(mode="after")
+    def _risk_keys_are_entity_keys(self) -> BehaviouralConfig:
+        if self.label_risk is None or self.label_risk.keys is None:
+            return self
+        known = [set(_key_columns(key)) for key in self.entity_keys]
+        for key in self.label_risk.keys:
+            if set(_key_columns(key)) not in known:
+                raise ValueError(f"label_risk.keys: {key!r} is not one of entity_keys")
+        _unique([frozenset(_key_columns(key)) for key in self.label_risk.keys], "label_risk key")
+        return self
+
+    def has_label_risk(self, key: str | Sequence[str]) -> bool:
+        """Whether an entity key gets the label-risk features."""
+        risk = self.label_risk
+        if risk is None:
+            return False
+        return risk.keys is None or set(_key_columns(key)) in [
+            set(_key_columns(k)) for k in risk.keys
+        ]
+
+    @model_validator(mode="after")
     def _ttl_covers_horizon(self) -> BehaviouralConfig:
         if self.entity_ttl is None:
             return self
@@ -241,8 +295,9 @@ class BehaviouralConfig(BaseModel):
             horizons.append((parse_duration(self.session_gap), f"session_gap {self.session_gap}"))
         if self.label_risk is not None:
             risk = self.label_risk
-            span = parse_duration(risk.window) + parse_duration(risk.delay)
-            horizons.append((span, f"label_risk window + delay ({risk.window} + {risk.delay})"))
+            window = max(risk.windows, key=parse_duration)
+            span = parse_duration(window) + parse_duration(risk.delay)
+            horizons.append((span, f"label_risk window + delay ({window} + {risk.delay})"))
         if horizons:
             longest, name = max(horizons)
             if parse_duration(self.entity_ttl) < longest:
@@ -286,8 +341,12 @@ class _Plan:
     since_previous: bool
     session_gap: float | None
     risk_delay: float | None
-    risk_horizon: float | None
-    risk_label: str
+    """Label delay, None without label risk (or, in `for_key`, for a key without it)."""
+    risk_horizons: tuple[float, ...]
+    """Per label-risk window, delay + window: labels of events older than t - this are gone."""
+    risk_labels: tuple[str, ...]
+    key_risk: tuple[bool, ...]
+    """Per key (prefix), whether it gets the label-risk features."""
     ttl: float
     lateness: float
     gap_fill: float
@@ -310,18 +369,29 @@ class _Plan:
             names += ["session_events", "session_seconds"]
             names += [f"session_{value}_sum" for value in self.values]
         if self.risk_delay is not None:
-            names += [f"label_rate_{self.risk_label}", f"labelled_events_{self.risk_label}"]
+            for label in self.risk_labels:
+                names += [f"label_rate_{label}", f"labelled_events_{label}"]
         return names
 
+    def for_key(self, index: int) -> _Plan:
+        """The plan of one entity key: without the label-risk features if it does not get them."""
+        if self.key_risk[index]:
+            return self
+        return replace(self, risk_delay=None, risk_horizons=(), risk_labels=())
+
     def names(self) -> list[str]:
-        suffixes = self.key_suffixes()
-        return [f"{prefix}__{suffix}" for prefix in self.prefixes for suffix in suffixes]
+        return [
+            f"{prefix}__{suffix}"
+            for index, prefix in enumerate(self.prefixes)
+            for suffix in self.for_key(index).key_suffixes()
+        ]
 
 
 def _plan(config: BehaviouralConfig) -> _Plan:
     risk = config.label_risk
     ttl = math.inf if config.entity_ttl is None else parse_duration(config.entity_ttl)
     delay = parse_duration(risk.delay) if risk else None
+    windows = risk.windows if risk else []
     keys = tuple(_key_columns(key) for key in config.entity_keys)
     columns = tuple(config.entity_columns)
     return _Plan(
@@ -339,10 +409,11 @@ def _plan(config: BehaviouralConfig) -> _Plan:
         since_previous=config.time_since_previous,
         session_gap=None if config.session_gap is None else parse_duration(config.session_gap),
         risk_delay=delay,
-        risk_horizon=delay + parse_duration(risk.window) if risk and delay else None,
-        risk_label=f"{_duration_label(risk.window)}_delay{_duration_label(risk.delay)}"
-        if risk
-        else "",
+        risk_horizons=tuple((delay or 0.0) + parse_duration(w) for w in windows),
+        risk_labels=tuple(
+            f"{_duration_label(w)}_delay{_duration_label(risk.delay)}" for w in windows if risk
+        ),
+        key_risk=tuple(config.has_label_risk(key) for key in config.entity_keys) or (True,),
         ttl=ttl,
         lateness=parse_duration(config.allowed_lateness),
         gap_fill=ttl if math.isfinite(ttl) else NO_TTL_GAP_FILL,
@@ -644,11 +715,13 @@ def compute_batch(
             values = [v[time_order] for v in values]
             labels = None if labels is None else labels[time_order]
         ranks = _TimeRanks(times)
-        width = len(plan.key_suffixes())
+        row = 0
         for index, positions in enumerate(plan.key_positions or ((),)):
             codes = _combined_codes([column_codes[i] for i in positions], n)
-            block = out[index * width : (index + 1) * width]
-            _batch_one_key(plan, codes, times, values, labels, ranks, time_order, block)
+            key_plan = plan.for_key(index)
+            block = out[row : row + len(key_plan.key_suffixes())]
+            row += len(block)
+            _batch_one_key(key_plan, codes, times, values, labels, ranks, time_order, block)
     return pd.DataFrame(out.T, index=frame.index, columns=names, copy=False)
 
 
@@ -767,16 +840,17 @@ def _batch_one_key(
         put(t - t[session_first])
         for column in session[1:]:
             put(column)
-    if plan.risk_delay is not None and plan.risk_horizon is not None and labels is not None:
+    if plan.risk_delay is not None and labels is not None:
         hi = first_at_or_after(plan.risk_delay, "right")
-        lo = first_at_or_after(plan.risk_horizon, "right")
         lab = labels[order]
         known = np.concatenate([[0], np.cumsum(lab >= 0)])
         bad = np.concatenate([[0], np.cumsum(lab == 1)])
-        n_known = (known[hi] - known[lo]).astype(np.float64)
-        n_bad = (bad[hi] - bad[lo]).astype(np.float64)
-        put(np.where(n_known > 0, n_bad / np.maximum(n_known, 1.0), 0.0))
-        put(n_known)
+        for horizon in plan.risk_horizons:
+            lo = first_at_or_after(horizon, "right")
+            n_known = (known[hi] - known[lo]).astype(np.float64)
+            n_bad = (bad[hi] - bad[lo]).astype(np.float64)
+            put(np.where(n_known > 0, n_bad / np.maximum(n_known, 1.0), 0.0))
+            put(n_known)
 
 
 def _as_array(series: pd.Series) -> np.ndarray:

@@ -64,7 +64,7 @@ class FeatureState:
     """
 
     FORMAT = "hybrid-ad.behavioural-state"
-    VERSION = 2
+    VERSION = 3
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class FeatureState:
         self._flags = np.array(
             [plan.count]
             + [agg in aggs for agg in ("sum", "mean", "std", "min", "max", "ratio_to_mean")]
-            + [plan.since_previous, plan.session_gap is not None, plan.risk_delay is not None],
+            + [plan.since_previous, plan.session_gap is not None],
             dtype=np.int64,
         )
         self._params = np.array(
@@ -107,11 +107,15 @@ class FeatureState:
                 plan.gap_fill,
                 plan.session_gap or 0.0,
                 plan.risk_delay or 0.0,
-                plan.risk_horizon or 0.0,
             ]
         )
+        self._risk_spans = np.array(plan.risk_horizons, dtype=np.float64)
+        self._key_risk = np.array(plan.key_risk, dtype=np.int64)
+        widths = [len(plan.for_key(k).key_suffixes()) for k in range(len(plan.prefixes))]
+        self._key_at = np.cumsum([0, *widths], dtype=np.int64)  # each key's output columns
         n_values = len(plan.values)
-        self._header = np.zeros((0, kernel.header_width(plan.n_windows, n_values)))
+        n_risk = len(plan.risk_horizons)
+        self._header = np.zeros((0, kernel.header_width(plan.n_windows, n_values, n_risk)))
         self._heap = np.zeros((_MIN_HEAP_ROWS, kernel.heap_width(n_values)))
         self._used = np.zeros(2, np.int64)  # heap rows in use, rows a relocation asked for
         self._watermark = np.array([-math.inf])
@@ -330,6 +334,7 @@ class FeatureState:
             done = kernel.advance(
                 times, slots, values, labels, skip,
                 self._spans, self._sizes, self._flags, self._params,
+                self._risk_spans, self._key_risk, self._key_at,
                 self._header, self._heap, self._watermark, self._used,
                 out, status, late_at, done,
             )  # fmt: skip
@@ -455,8 +460,10 @@ class FeatureState:
             raise ValueError("entity header does not match the config")
         if len(events) != header[kernel.END] - header[kernel.BASE] or header[kernel.FRESH]:
             raise ValueError("buffer length does not match the entity header")
-        risk = self._plan.risk_delay is not None
-        problem = kernel.header_problem(header, self._plan.n_windows, len(self._plan.values), risk)
+        n_risk = len(self._plan.risk_horizons) if self._plan.key_risk[table] else 0
+        problem = kernel.header_problem(
+            header, self._plan.n_windows, len(self._plan.values), n_risk
+        )
         if problem is not None:
             raise ValueError(f"entity {key!r}: {problem}")
         if not np.isfinite(events).all():

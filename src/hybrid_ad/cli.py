@@ -189,25 +189,66 @@ def score(
 @_user_errors
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Event log to write: Parquet, CSV or CSV.gz.")],
-    accounts: Annotated[int, typer.Option("--accounts", help="Number of accounts.")] = 1000,
+    kind: Annotated[
+        str, typer.Option("--kind", help="streaming (service events) or transactions (cards).")
+    ] = "streaming",
+    accounts: Annotated[
+        int | None, typer.Option("--accounts", help="streaming: number of accounts [1000].")
+    ] = None,
+    customers: Annotated[
+        int | None, typer.Option("--customers", help="transactions: customers [5000].")
+    ] = None,
+    terminals: Annotated[
+        int | None, typer.Option("--terminals", help="transactions: terminals [10000].")
+    ] = None,
     days: Annotated[int, typer.Option("--days", help="Days of activity.")] = 14,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same log.")] = 42,
-    start: Annotated[str, typer.Option("--start", help="First day (UTC date).")] = "2026-01-05",
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start", help="First day (UTC date) [streaming 2026-01-05, transactions 2018-04-01]."
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Simulate a video-streaming service's event log with labelled anomalies of four kinds."""
+    """Simulate a labelled event log: a video-streaming service's events with four kinds of
+    anomaly (--kind streaming), or card transactions with customer and terminal ids and the
+    fraud handbook's three scenarios (--kind transactions)."""
     from hybrid_ad.simulate import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
+    if kind not in ("streaming", "transactions"):
+        raise InputError(f"--kind: expected streaming or transactions, got {kind!r}")
+    owners = {
+        "--accounts": "streaming",
+        "--customers": "transactions",
+        "--terminals": "transactions",
+    }
+    given = {"--accounts": accounts, "--customers": customers, "--terminals": terminals}
+    for flag, value in given.items():
+        if value is not None and owners[flag] != kind:
+            raise InputError(f"{flag} is for --kind {owners[flag]}, not --kind {kind}")
+    customers = 5000 if customers is None else customers
+    terminals = 10000 if terminals is None else terminals
+    accounts = 1000 if accounts is None else accounts
     try:
-        frame = simulate_events(accounts, days, seed, start)
+        if kind == "transactions":
+            from hybrid_ad.simulate_transactions import simulate_transactions
+
+            frame = simulate_transactions(customers, terminals, days, seed, start or "2018-04-01")
+            labels, what = "is_fraud", "fraud_scenario"
+            who = f"{customers:,} customers at {terminals:,} terminals"
+        else:
+            frame = simulate_events(accounts, days, seed, start or "2026-01-05")
+            labels, what = "is_anomaly", "anomaly_kind"
+            who = f"{accounts:,} accounts"
         write_events(frame, out)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    kinds = frame.loc[frame["is_anomaly"] == 1, "anomaly_kind"].value_counts().sort_index()
-    counts = ", ".join(f"{kind} {count:,}" for kind, count in kinds.items())
+    kinds = frame.loc[frame[labels] == 1, what].value_counts().sort_index()
+    counts = ", ".join(f"{name} {count:,}" for name, count in kinds.items())
     progress.log(
-        f"wrote {len(frame):,} events of {accounts:,} accounts over {days:,} days (seed {seed}) "
+        f"wrote {len(frame):,} events of {who} over {days:,} days (seed {seed}) "
         f"to {out}; anomalous rows: {counts or 'none'}"
     )
 

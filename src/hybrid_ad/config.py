@@ -168,12 +168,25 @@ class FeaturesConfig(StrictModel):
         default_factory=lambda: ["Amount"], description="features passed through log1p first"
     )
     hour_of_day: bool = True
+    calendar: list[Literal["weekend", "night"]] = Field(
+        default_factory=list,
+        description="0/1 inputs from the event time (UTC; numeric seconds as epoch seconds): "
+        "weekend = Saturday or Sunday, night = hour in night_hours",
+    )
+    night_hours: HourOfDay = Field(default_factory=lambda: HourOfDay(start=0, end=6))
     extreme_z: float = Field(3.0, gt=0, description="|z| above which a component is extreme")
     behavioural: BehaviouralConfig | None = Field(
         None,
         description="features of each event against its entity's history (docs/"
         "behavioural_features.md); value columns and entity keys name data columns",
     )
+
+    @field_validator("calendar")
+    @classmethod
+    def _unique_flags(cls, flags: list[str]) -> list[str]:
+        if len(set(flags)) < len(flags):
+            raise ValueError("each calendar flag at most once")
+        return flags
 
 
 class AutoencoderConfig(StrictModel):

@@ -20,7 +20,7 @@ from hybrid_ad.behavioural import BehaviouralConfig, compute_batch, feature_name
 from hybrid_ad.config import Config, FeaturesConfig
 from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.rules import hour_of_day
+from hybrid_ad.rules import calendar_flags, hour_of_day
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,12 @@ class FeatureBuilder:
             angle = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64)) * (2 * np.pi / 24)
             scaled_parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
             scaled_names += ["hour_sin", "hour_cos"]
+        if self.config.calendar:
+            seconds = frame[EVENT_SECONDS].to_numpy(np.float64)
+            scaled_parts.append(
+                calendar_flags(seconds, self.config.calendar, self.config.night_hours)
+            )
+            scaled_names += [f"is_{flag}" for flag in self.config.calendar]
         abs_z = np.abs(z)
         engineered = np.column_stack(
             [

@@ -16,6 +16,7 @@ import pandas as pd
 
 from hybrid_ad.config import (
     Condition,
+    HourOfDay,
     MeanPlusStdRef,
     QuantileRef,
     RulesConfig,
@@ -36,6 +37,29 @@ _COMPARE = {
 def hour_of_day(seconds: np.ndarray) -> np.ndarray:
     """Hour in [0, 24) of event times given in seconds (epoch seconds are read as UTC)."""
     return np.mod(seconds, SECONDS_PER_DAY) / 3600.0
+
+
+def in_hours(hours: np.ndarray, window: HourOfDay) -> np.ndarray:
+    """Hours in [start, end), wrapping past midnight when start > end."""
+    if window.start <= window.end:
+        return (hours >= window.start) & (hours < window.end)
+    return (hours >= window.start) | (hours < window.end)
+
+
+def is_weekend(seconds: np.ndarray) -> np.ndarray:
+    """Saturday or Sunday of event times in seconds, read as UTC epoch seconds (day 0,
+    1970-01-01, is a Thursday), as `hour_of_day` reads them."""
+    weekday = (np.floor_divide(seconds, SECONDS_PER_DAY) + 3) % 7  # Monday = 0
+    return weekday >= 5
+
+
+def calendar_flags(seconds: np.ndarray, flags: list[str], night: HourOfDay) -> np.ndarray:
+    """One 0/1 column per flag (`weekend`, `night`), in the order given."""
+    columns = {
+        "weekend": lambda: is_weekend(seconds),
+        "night": lambda: in_hours(hour_of_day(seconds), night),
+    }
+    return np.column_stack([columns[flag]() for flag in flags]).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -144,10 +168,7 @@ class RuleSet:
             return count >= spec_c.at_least
         if condition.hour_of_day is not None:
             hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
-            start, end = condition.hour_of_day.start, condition.hour_of_day.end
-            if start <= end:
-                return (hours >= start) & (hours < end)
-            return (hours >= start) | (hours < end)
+            return in_hours(hours, condition.hour_of_day)
         if condition.all is not None:
             return np.logical_and.reduce([self._mask(c, frame, rule) for c in condition.all])
         if condition.any is not None:
