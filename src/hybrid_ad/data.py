@@ -6,7 +6,9 @@ command line can print one line instead of a traceback.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import gzip
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from hybrid_ad.config import DataConfig, SplitConfig
 from hybrid_ad.errors import InputError
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+OTHER_DELIMITERS = (";", "\t", "|")
 EVENT_SECONDS = "_event_seconds"
 """Column holding the timestamp as float seconds, added by `validate_events`."""
 
@@ -39,16 +42,33 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
         else:
+            _check_csv_header(path)
             frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
     except (EOFError, zlib.error, OSError) as exc:
         raise InputError(f"{path}: file is truncated or corrupt ({_first_line(exc)})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pyarrow.ArrowException) as exc:
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, pyarrow.ArrowException) as exc:
         raise InputError(f"{path}: cannot parse ({_first_line(exc)})") from None
     if frame.empty:
         raise InputError(f"{path}: no data rows")
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse what pandas would misread: another delimiter (one wide column)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", newline="") as stream:
+        header = next(csv.reader(stream), [])
+    if len(header) == 1:
+        for delimiter in OTHER_DELIMITERS:
+            if delimiter in header[0]:
+                shown = header[0] if len(header[0]) <= 40 else header[0][:37] + "..."
+                raise InputError(
+                    f"{path}: the header is one column, {shown!r}, with {delimiter!r} inside it; "
+                    f"the file looks {delimiter!r}-separated, and hybrid-ad reads comma-separated "
+                    "CSV"
+                )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,106 @@
+"""Hostile but realistic input (issue 12): the whole bad-input contract in one place.
+
+Every case is refused with one line on stderr naming the file, column, key, row or field,
+exit code 2 and no traceback, and nothing written earlier changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hybrid_ad.cli import app
+
+from .conftest import make_events, small_config_dict
+
+runner = CliRunner()
+
+
+def fails_with(args: list[str], expected: str) -> str:
+    """Run the command; assert exit 2, one line on stderr holding `expected`, no traceback."""
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def succeeds(args: list[str]) -> object:
+    result = runner.invoke(app, [*args, "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained model in out/, from a small config on synthetic transactions."""
+    root = tmp_path_factory.mktemp("hostile")
+    make_events(3000, seed=3).to_csv(root / "events.csv", index=False)
+    raw = small_config_dict(data={"path": str(root / "events.csv")})
+    raw["artifacts"] = {"out_dir": str(root / "out")}
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    succeeds(["run", "--config", str(root / "config.yaml")])
+    return root
+
+
+def write_config(root: Path, name: str, **overrides: object) -> Path:
+    raw = small_config_dict(data={"path": str(root / "events.csv")}, **overrides)
+    path = root / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def score_args(workspace: Path, input_path: Path, output_path: Path) -> list[str]:
+    model = str(workspace / "out" / "model")
+    return ["score", "--model", model, "--input", str(input_path), "--output", str(output_path)]
+
+
+# -- 13. a semicolon-separated CSV --------------------------------------------------------------
+
+
+def test_semicolon_separated_csv_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    make_events(300).to_csv(path, index=False, sep=";")
+    config = write_config(tmp_path, "config.yaml")
+    fails_with(["run", "-c", str(config), "--data", str(path)], "looks ';'-separated")
+
+
+# -- 4. columns are matched by name ---------------------------------------------------------------
+
+
+def test_duplicate_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    text = make_events(300).to_csv(index=False)
+    header, body = text.split("\n", 1)
+    path.write_text(header.replace("V4", "V3") + "\n" + body)
+    config = write_config(tmp_path, "config.yaml")
+    fails_with(["run", "-c", str(config), "--data", str(path)], "duplicated column 'V3'")
+
+
+def test_score_matches_columns_by_name_and_names_extra_and_missing(
+    workspace: Path, tmp_path: Path
+) -> None:
+    events = make_events(200, seed=5)
+    shuffled = events[list(reversed(events.columns))]
+    shuffled.to_csv(tmp_path / "reordered.csv", index=False)
+    events.to_csv(tmp_path / "plain.csv", index=False)
+    succeeds(score_args(workspace, tmp_path / "reordered.csv", tmp_path / "a.csv"))
+    succeeds(score_args(workspace, tmp_path / "plain.csv", tmp_path / "b.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "a.csv", keep_default_na=False),
+        pd.read_csv(tmp_path / "b.csv", keep_default_na=False),
+    )
+    events.assign(V29=1.0).to_csv(tmp_path / "extra.csv", index=False)
+    fails_with(score_args(workspace, tmp_path / "extra.csv", tmp_path / "c.csv"), "extra 'V29'")
+    events.drop(columns=["V2"]).to_csv(tmp_path / "missing.csv", index=False)
+    fails_with(
+        score_args(workspace, tmp_path / "missing.csv", tmp_path / "c.csv"), "missing 'V2'"
+    )
+    assert not (tmp_path / "c.csv").exists()
