@@ -100,7 +100,5 @@ def test_score_matches_columns_by_name_and_names_extra_and_missing(
     events.assign(V29=1.0).to_csv(tmp_path / "extra.csv", index=False)
     fails_with(score_args(workspace, tmp_path / "extra.csv", tmp_path / "c.csv"), "extra 'V29'")
     events.drop(columns=["V2"]).to_csv(tmp_path / "missing.csv", index=False)
-    fails_with(
-        score_args(workspace, tmp_path / "missing.csv", tmp_path / "c.csv"), "missing 'V2'"
-    )
+    fails_with(score_args(workspace, tmp_path / "missing.csv", tmp_path / "c.csv"), "missing 'V2'")
     assert not (tmp_path / "c.csv").exists()

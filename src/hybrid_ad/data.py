@@ -56,7 +56,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _check_csv_header(path: Path) -> None:
-    """Refuse what pandas would misread: another delimiter (one wide column)."""
+    """Refuse what pandas would misread: another delimiter (one wide column), or a repeated
+    name (pandas renames the second `V3` to `V3.1` and it would be trained on)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", newline="") as stream:
         header = next(csv.reader(stream), [])
@@ -69,6 +70,14 @@ def _check_csv_header(path: Path) -> None:
                     f"the file looks {delimiter!r}-separated, and hybrid-ad reads comma-separated "
                     "CSV"
                 )
+    _refuse_duplicates(header, str(path))
+
+
+def _refuse_duplicates(columns: list[str], source: str) -> None:
+    duplicated = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))
+    if duplicated:
+        names = ", ".join(f"'{name}'" for name in duplicated)
+        raise InputError(f"{source}: duplicated column {names} in the header")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,6 +158,7 @@ def validate_events(
     (when present) int8, and `EVENT_SECONDS` is added. Validating a validated frame is a no-op,
     so every entry point can call this without tracking what was checked before.
     """
+    _refuse_duplicates([str(name) for name in frame.columns], source)
     required = [config.timestamp, *config.entity_keys]
     if require_label:
         if config.label is None:

@@ -266,10 +266,20 @@ class Detector:
             )
         if self.feature_columns_ is None:
             self.feature_columns_ = prepared.feature_columns
-        elif prepared.feature_columns != self.feature_columns_:
+        elif set(prepared.feature_columns) != set(self.feature_columns_):
+            # matched by name: the model reads its columns by name, in its own order
+            missing = [
+                name for name in self.feature_columns_ if name not in prepared.feature_columns
+            ]
+            extra = [name for name in prepared.feature_columns if name not in self.feature_columns_]
+            differences = [
+                f"{kind} {', '.join(repr(name) for name in names)}"
+                for kind, names in (("missing", missing), ("extra", extra))
+                if names
+            ]
             raise InputError(
                 f"{prepared.source}: feature columns differ from the ones the model was fitted "
-                f"on (expected {len(self.feature_columns_)}, got {len(prepared.feature_columns)})"
+                f"on: {'; '.join(differences)}"
             )
         return prepared.frame
 
