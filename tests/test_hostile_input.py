@@ -102,3 +102,23 @@ def test_score_matches_columns_by_name_and_names_extra_and_missing(
     events.drop(columns=["V2"]).to_csv(tmp_path / "missing.csv", index=False)
     fails_with(score_args(workspace, tmp_path / "missing.csv", tmp_path / "c.csv"), "missing 'V2'")
     assert not (tmp_path / "c.csv").exists()
+
+
+# -- 7. a rule on a non-numeric column ------------------------------------------------------------
+
+
+def test_rule_on_a_text_column_names_the_rule_and_the_column(tmp_path: Path) -> None:
+    make_events(600).assign(country="FR").to_csv(tmp_path / "events.csv", index=False)
+    rules = small_config_dict()["rules"]
+    rules["rules"].append(
+        {
+            "name": "odd_country",
+            "reason": "country code above a bound",
+            "when": {"threshold": {"feature": "country", "op": ">", "value": 3}},
+        }
+    )
+    config = write_config(tmp_path, "config.yaml", rules=rules)
+    fails_with(
+        ["run", "-c", str(config)],
+        "rule 'odd_country': column 'country' has a non-numeric value 'FR'",
+    )

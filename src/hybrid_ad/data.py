@@ -103,7 +103,8 @@ def feature_columns(frame: pd.DataFrame, config: DataConfig, source: str) -> lis
     return resolve_columns(config.features, candidates, source)
 
 
-def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+def numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """A column as finite float64; a text or missing value is an error naming the row."""
     values = frame[column]
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         coerced = pd.to_numeric(values, errors="coerce")
@@ -145,7 +146,7 @@ def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.nd
             )
         nanos = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         return nanos.astype(np.float64) / 1e9
-    seconds = _numeric_column(frame, column, source)
+    seconds = numeric_column(frame, column, source)
     return seconds / 1000.0 if config.timestamp_unit == "ms" else seconds
 
 
@@ -170,10 +171,10 @@ def validate_events(
     columns = feature_columns(frame, config, source)
     result = frame.copy(deep=False)  # copy-on-write: a deep copy would only duplicate memory
     for column in columns:
-        result[column] = _numeric_column(frame, column, source)
+        result[column] = numeric_column(frame, column, source)
     result[EVENT_SECONDS] = event_seconds(frame, config, source)
     if config.label is not None and config.label in frame.columns:
-        labels = _numeric_column(frame, config.label, source)
+        labels = numeric_column(frame, config.label, source)
         is_binary = np.isin(labels, (0.0, 1.0))
         if not is_binary.all():
             row = int(np.argmin(is_binary))

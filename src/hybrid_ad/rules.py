@@ -20,7 +20,7 @@ from hybrid_ad.config import (
     QuantileRef,
     RulesConfig,
 )
-from hybrid_ad.data import EVENT_SECONDS, resolve_columns
+from hybrid_ad.data import EVENT_SECONDS, numeric_column, resolve_columns
 from hybrid_ad.errors import ArtifactError, InputError
 
 SECONDS_PER_DAY = 86_400.0
@@ -87,7 +87,7 @@ class RuleSet:
             _learn_moments(_column(frame, feature, rule), feature, stats)
         elif condition.count_extreme is not None:
             for feature in _expand(condition.count_extreme.features, frame, rule):
-                _learn_moments(frame[feature].to_numpy(np.float64), feature, stats)
+                _learn_moments(_column(frame, feature, rule), feature, stats)
         else:
             for child in _children(condition):
                 self._learn(child, frame, stats, rule)
@@ -138,9 +138,7 @@ class RuleSet:
             count = np.zeros(len(frame), dtype=np.int64)
             for feature in _expand(spec_c.features, frame, rule):
                 mean, std = _moments(stats, feature)
-                count += (
-                    np.abs(frame[feature].to_numpy(np.float64) - mean) / std > spec_c.abs_z_above
-                )
+                count += np.abs(_column(frame, feature, rule) - mean) / std > spec_c.abs_z_above
             return count >= spec_c.at_least
         if condition.hour_of_day is not None:
             hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
@@ -210,7 +208,7 @@ def _refers_to(condition: Condition, key: str) -> bool:
 def _column(frame: pd.DataFrame, feature: str, rule: str) -> np.ndarray:
     if feature not in frame.columns:
         raise InputError(f"rule '{rule}': no column '{feature}' in the data")
-    return frame[feature].to_numpy(np.float64)
+    return numeric_column(frame, feature, f"rule '{rule}'")
 
 
 def _expand(patterns: list[str], frame: pd.DataFrame, rule: str) -> list[str]:
