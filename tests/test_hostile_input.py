@@ -6,6 +6,7 @@ exit code 2 and no traceback, and nothing written earlier changes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
+from hybrid_ad.config import config_from_dict
+from hybrid_ad.errors import ConfigError
 
 from .conftest import make_events, small_config_dict
 
@@ -122,3 +125,41 @@ def test_rule_on_a_text_column_names_the_rule_and_the_column(tmp_path: Path) -> 
         ["run", "-c", str(config)],
         "rule 'odd_country': column 'country' has a non-numeric value 'FR'",
     )
+
+
+# -- 5. every numeric config key has a range ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"judge": {"max_depth": 10**12}}, "judge.max_depth"),
+        ({"autoencoder": {"hidden_layers": [10**12]}}, "autoencoder.hidden_layers.0"),
+        ({"autoencoder": {"hidden_layers": [10**8]}}, "autoencoder.hidden_layers.0"),
+        ({"autoencoder": {"hidden_layers": [8] * 100}}, "autoencoder.hidden_layers"),
+        ({"autoencoder": {"batch_size": 10**12}}, "autoencoder.batch_size"),
+        ({"autoencoder": {"max_epochs": 10**9}}, "autoencoder.max_epochs"),
+        ({"judge": {"n_estimators": 10**9}}, "judge.n_estimators"),
+        ({"judge": {"threads": 10**6}}, "judge.threads"),
+        ({"judge": {"scale_pos_weight": float("inf")}}, "judge.scale_pos_weight"),
+        ({"evaluation": {"precision_at_k": 10**12}}, "evaluation.precision_at_k"),
+        ({"features": {"extreme_z": float("nan")}}, "features.extreme_z"),
+        ({"features": {"behavioural": {"last_n": [10**9]}}}, "features.behavioural.last_n"),
+        ({"features": {"behavioural": {"windows": ["99999999w"]}}}, "features.behavioural"),
+    ],
+)
+def test_numeric_config_keys_are_bounded(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^cfg\.yaml: {re.escape(key)}") as info:
+        config_from_dict(small_config_dict(**overrides), "cfg.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_a_rule_threshold_must_be_finite() -> None:
+    raw = small_config_dict()
+    raw["rules"]["rules"][0]["when"] = {
+        "threshold": {"feature": "Amount", "op": ">", "value": float("inf")}
+    }
+    with pytest.raises(ConfigError, match=r"rules\.rules\.0\.when\.threshold\.value"):
+        config_from_dict(raw, "cfg.yaml")

@@ -7,7 +7,7 @@ relative to the config file (`rules: rules.yaml`), so each step can keep its own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,12 +16,17 @@ from hybrid_ad.behavioural import BehaviouralConfig
 from hybrid_ad.errors import ConfigError, format_validation_error
 
 SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
+MAX_WIDTH = 4096
+"""Widest autoencoder layer: a [1e8] layer allocated 19 GB in a minute."""
+MAX_THREADS = 256
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, not silently ignored."""
+    """Base for every config model: unknown keys are errors, not silently ignored, and numbers
+    are finite (every numeric key also has a range: a typo like `max_depth: 1e12` is refused
+    before any work, not after an hour of training or a 20 GB allocation)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SplitConfig(StrictModel):
@@ -69,7 +74,7 @@ class QuantileRef(StrictModel):
 class MeanPlusStdRef(StrictModel):
     """A threshold learned from the training split: mean + k standard deviations."""
 
-    mean_plus_std: float
+    mean_plus_std: float = Field(ge=-1e6, le=1e6)
 
 
 class Threshold(StrictModel):
@@ -82,15 +87,15 @@ class ZScore(StrictModel):
     """|z| of one feature (training mean and std) above a bound."""
 
     feature: str
-    abs_above: float = Field(gt=0)
+    abs_above: float = Field(gt=0, le=1e6)
 
 
 class CountExtreme(StrictModel):
     """At least `at_least` of the named features have |z| above `abs_z_above`."""
 
     features: list[str] = Field(min_length=1, description="names or glob patterns")
-    abs_z_above: float = Field(gt=0)
-    at_least: int = Field(ge=1)
+    abs_z_above: float = Field(gt=0, le=1e6)
+    at_least: int = Field(ge=1, le=100_000)
 
 
 class HourOfDay(StrictModel):
@@ -111,7 +116,7 @@ class Condition(StrictModel):
     any: list[Condition] | None = Field(None, min_length=1)
     not_: Condition | None = Field(None, alias="not")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Condition:
@@ -124,7 +129,7 @@ class Condition(StrictModel):
 
 class Rule(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=1e6)
     reason: str = Field(min_length=1)
     when: Condition
 
@@ -132,7 +137,7 @@ class Rule(StrictModel):
 class RulesConfig(StrictModel):
     """Domain rules; an event whose summed hit weight reaches the threshold is pseudo-anomalous."""
 
-    pseudo_label_threshold: float = Field(2.0, gt=0)
+    pseudo_label_threshold: float = Field(2.0, gt=0, le=1e6)
     rules: list[Rule] = Field(min_length=1)
 
     @field_validator("rules")
@@ -153,7 +158,9 @@ class FeaturesConfig(StrictModel):
         default_factory=lambda: ["Amount"], description="features passed through log1p first"
     )
     hour_of_day: bool = True
-    extreme_z: float = Field(3.0, gt=0, description="|z| above which a component is extreme")
+    extreme_z: float = Field(
+        3.0, gt=0, le=1e6, description="|z| above which a component is extreme"
+    )
     behavioural: BehaviouralConfig | None = Field(
         None,
         description="features of each event against its entity's history (docs/"
@@ -162,27 +169,22 @@ class FeaturesConfig(StrictModel):
 
 
 class AutoencoderConfig(StrictModel):
-    hidden_layers: list[int] = Field(default_factory=lambda: [64, 32])
-    latent_dim: int = Field(16, ge=1)
+    hidden_layers: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [64, 32], max_length=16
+    )
+    latent_dim: int = Field(16, ge=1, le=MAX_WIDTH)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(1024, ge=1)
-    max_epochs: int = Field(40, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without validation improvement")
+    learning_rate: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-5, ge=0, le=10)
+    batch_size: int = Field(1024, ge=1, le=1 << 20)
+    max_epochs: int = Field(40, ge=1, le=10_000)
+    patience: int = Field(5, ge=1, le=10_000, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
     threads: int = Field(
-        1, ge=1, description="torch threads; small dense layers run fastest on one"
+        1, ge=1, le=MAX_THREADS, description="torch threads; small dense layers run fastest on one"
     )
-
-    @field_validator("hidden_layers")
-    @classmethod
-    def _positive_widths(cls, widths: list[int]) -> list[int]:
-        if any(width < 1 for width in widths):
-            raise ValueError("every hidden layer width must be at least 1")
-        return widths
 
 
 class PseudoLabelConfig(StrictModel):
@@ -197,24 +199,24 @@ class PseudoLabelConfig(StrictModel):
 
 class JudgeConfig(StrictModel):
     label_source: Literal["pseudo", "truth"] = "pseudo"
-    n_estimators: int = Field(600, ge=1)
+    n_estimators: int = Field(600, ge=1, le=100_000)
     learning_rate: float = Field(0.05, gt=0, le=1)
-    max_depth: int = Field(6, ge=1)
-    min_child_weight: float = Field(1.0, ge=0)
+    max_depth: int = Field(6, ge=1, le=24)
+    min_child_weight: float = Field(1.0, ge=0, le=1e6)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
-    reg_lambda: float = Field(1.0, ge=0)
-    early_stopping_rounds: int = Field(50, ge=1)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    early_stopping_rounds: int = Field(50, ge=1, le=100_000)
     eval_metric: Literal["logloss", "aucpr"] = Field(
         "logloss", description="validation metric for early stopping"
     )
-    scale_pos_weight: float | Literal["auto"] = "auto"
-    threads: int = Field(2, ge=1)
+    scale_pos_weight: Annotated[float, Field(gt=0, le=1e6)] | Literal["auto"] = "auto"
+    threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
 
 
 class EvaluationConfig(StrictModel):
-    precision_at_k: int = Field(100, ge=1)
+    precision_at_k: int = Field(100, ge=1, le=10_000_000)
     threshold_policy: Literal["best_f1", "alert_rate"] = "best_f1"
     alert_rate: float = Field(0.002, gt=0, lt=1)
     kind_column: str | None = Field(
@@ -228,7 +230,7 @@ class ArtifactsConfig(StrictModel):
 
 
 class Config(StrictModel):
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
     rules: RulesConfig
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
