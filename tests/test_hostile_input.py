@@ -163,3 +163,28 @@ def test_a_rule_threshold_must_be_finite() -> None:
     }
     with pytest.raises(ConfigError, match=r"rules\.rules\.0\.when\.threshold\.value"):
         config_from_dict(raw, "cfg.yaml")
+
+
+# -- 3. a model without its judge -----------------------------------------------------------------
+
+
+def test_score_and_evaluate_on_a_model_without_judge_name_the_missing_step(
+    workspace: Path, tmp_path: Path
+) -> None:
+    config, out = str(workspace / "config.yaml"), str(tmp_path / "out")
+    succeeds(["train-ae", "--config", config, "--out", out])
+    fails_with(
+        [
+            "score",
+            "--model",
+            f"{out}/model",
+            "--input",
+            str(workspace / "events.csv"),
+            "--output",
+            str(tmp_path / "scored.csv"),
+        ],
+        "has no judge yet: run train-judge",
+    )
+    fails_with(["evaluate", "--config", config, "--out", out], "has no judge yet: run train-judge")
+    assert not (tmp_path / "scored.csv").exists()
+    assert not (tmp_path / "out" / "reports" / "index.html").exists()

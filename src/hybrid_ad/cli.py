@@ -70,12 +70,12 @@ def _setup(
 
 
 def _trained(
-    config: Path, data: Path | None, out: Path | None, quiet: bool
+    config: Path, data: Path | None, out: Path | None, quiet: bool, needs_judge: bool = False
 ) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
     """What every step after `train-ae` starts from: the data and the detector saved so far."""
     settings, out_dir, progress = _setup(config, out, quiet)
     loaded = pipeline.load_data(settings, data)
-    detector = pipeline.load_trained(out_dir, loaded)
+    detector = pipeline.load_trained(out_dir, loaded, needs_judge=needs_judge)
     detector.progress = progress
     return loaded, detector, out_dir, progress
 
@@ -146,7 +146,7 @@ def evaluate(
     quiet: QuietOption = False,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, needs_judge=True)
     metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
     pipeline.save_evaluated(detector, out_dir, metrics)
     pipeline.write_metrics(out_dir, metrics)

@@ -220,15 +220,27 @@ def run(
     return metrics
 
 
-def load_trained(out_dir: Path, data: LoadedData | None = None) -> Detector:
+def load_trained(
+    out_dir: Path, data: LoadedData | None = None, needs_judge: bool = False
+) -> Detector:
     """Load the detector saved by an earlier step, checking it was trained on this data."""
     detector = Detector.load(out_dir / MODEL_DIR)
+    if needs_judge:
+        require_judge(detector, out_dir / MODEL_DIR)
     if data is not None and detector.data_sha256_ not in (None, data.sha256):
         raise ArtifactError(
             f"{data.path}: not the data the model in {out_dir / MODEL_DIR} was trained on "
             "(sha256 differs); pass the same --data"
         )
     return detector
+
+
+def require_judge(detector: Detector, model_dir: Path) -> None:
+    """A model saved by `train-ae` alone cannot score: say which step is missing."""
+    if detector.judge_ is None:
+        raise ArtifactError(
+            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
+        )
 
 
 def save_evaluated(detector: Detector, out_dir: Path, metrics: dict[str, Any]) -> None:
@@ -249,6 +261,7 @@ def score_file(
     the models score it in chunks.
     """
     detector = Detector.load(model_dir)
+    require_judge(detector, model_dir)
     events = prepare_events(read_table(input_path), detector.config, str(input_path))
     parts = []
     with progress.task("scoring", len(events)) as advance:
