@@ -165,6 +165,21 @@ def test_a_rule_threshold_must_be_finite() -> None:
         config_from_dict(raw, "cfg.yaml")
 
 
+# -- 2. score never overwrites its input ----------------------------------------------------------
+
+
+def test_score_refuses_output_equal_to_input(workspace: Path, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    path = tmp_path / "d" / "same.csv"
+    make_events(100, seed=8).to_csv(path, index=False)
+    before = path.read_bytes()
+    for output in (path, tmp_path / "d" / ".." / "d" / "." / "same.csv"):
+        fails_with(score_args(workspace, path, output), "is the input file")
+    (tmp_path / "link.csv").symlink_to(path)
+    fails_with(score_args(workspace, path, tmp_path / "link.csv"), "is the input file")
+    assert path.read_bytes() == before
+
+
 # -- 3. a model without its judge -----------------------------------------------------------------
 
 

@@ -260,6 +260,10 @@ def score_file(
     The file is its own behavioural history: features are computed over all of it once, then
     the models score it in chunks.
     """
+    if output_path.resolve() == input_path.resolve() or (
+        output_path.exists() and input_path.exists() and output_path.samefile(input_path)
+    ):
+        raise InputError(f"--output {output_path}: is the input file; write the scores elsewhere")
     detector = Detector.load(model_dir)
     require_judge(detector, model_dir)
     events = prepare_events(read_table(input_path), detector.config, str(input_path))
