@@ -203,3 +203,27 @@ def test_score_and_evaluate_on_a_model_without_judge_name_the_missing_step(
     fails_with(["evaluate", "--config", config, "--out", out], "has no judge yet: run train-judge")
     assert not (tmp_path / "scored.csv").exists()
     assert not (tmp_path / "out" / "reports" / "index.html").exists()
+
+
+# -- 6. output paths are checked before the work starts -------------------------------------------
+
+
+def test_bad_output_paths_are_refused_before_any_work(workspace: Path, tmp_path: Path) -> None:
+    events = workspace / "events.csv"
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    fails_with(score_args(workspace, events, tmp_path / "a_dir"), "is a directory")
+    fails_with(score_args(workspace, events, tmp_path / "a_file" / "x.csv"), "is not a directory")
+    fails_with(score_args(workspace, events, tmp_path / "scores.txt"), "unsupported output type")
+    fails_with(["simulate", "--out", str(tmp_path / "a_dir")], "is a directory")
+    fails_with(
+        ["simulate", "--out", str(tmp_path / "a_file" / "log.parquet")], "is not a directory"
+    )
+    config = str(workspace / "config.yaml")
+    for step in ("run", "train-ae", "embed", "train-judge", "evaluate"):
+        fails_with(
+            [step, "--config", config, "--out", str(tmp_path / "a_file")],
+            "exists and is not a directory",
+        )
+    assert (tmp_path / "a_file").read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_dir", "a_file"]

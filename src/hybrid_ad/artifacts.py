@@ -16,10 +16,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybrid_ad.errors import ArtifactError
+from hybrid_ad.errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output path that can never become a file."""
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a directory; give a file name")
+    _check_parents(path, option)
+
+
+def check_output_dir(path: Path, option: str) -> None:
+    """Refuse, before any work, an output directory that is a file or under one."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a directory")
+    _check_parents(path, option)
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{option} {path}: cannot write in {parent}")
+            return
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

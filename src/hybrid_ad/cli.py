@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from hybrid_ad import pipeline
+from hybrid_ad.artifacts import check_output_dir, check_output_file
 from hybrid_ad.config import Config, load_config
+from hybrid_ad.data import check_table_suffix
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.progress import ProgressReporter
@@ -66,7 +68,9 @@ def _setup(
     config_path: Path, out: Path | None, quiet: bool
 ) -> tuple[Config, Path, ProgressReporter]:
     config = load_config(config_path)
-    return config, out or config.artifacts.out_dir, ProgressReporter(enabled=not quiet)
+    out_dir = out or config.artifacts.out_dir
+    check_output_dir(out_dir, "--out")
+    return config, out_dir, ProgressReporter(enabled=not quiet)
 
 
 def _trained(
@@ -181,6 +185,8 @@ def simulate(
     from hybrid_ad.simulate import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
+    check_output_file(out, "--out")
+    check_table_suffix(out)
     try:
         frame = simulate_events(accounts, days, seed, start)
         write_events(frame, out)

@@ -247,13 +247,18 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
     path = Path(path)
     name = path.name.lower()
+    check_table_suffix(path)
     if name.endswith((".parquet", ".pq")):
         atomic_write_with(path, lambda temp: frame.to_parquet(temp, index=False))
-    elif name.endswith((".csv", ".csv.gz")):
+    else:
         compression = "gzip" if name.endswith(".gz") else None
         atomic_write_with(
             path, lambda temp: frame.to_csv(temp, index=False, compression=compression)
         )
-    else:
+
+
+def check_table_suffix(path: Path) -> None:
+    """Refuse an output name `write_table` cannot write, before the work that fills it."""
+    if not path.name.lower().endswith(SUPPORTED_SUFFIXES):
         kinds = ", ".join(SUPPORTED_SUFFIXES)
         raise InputError(f"{path}: unsupported output type; use one of {kinds}")

@@ -16,9 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
+from hybrid_ad.artifacts import atomic_write_json, atomic_write_with, check_output_file
 from hybrid_ad.config import Config
-from hybrid_ad.data import Split, file_sha256, read_table, time_split, write_table
+from hybrid_ad.data import (
+    Split,
+    check_table_suffix,
+    file_sha256,
+    read_table,
+    time_split,
+    write_table,
+)
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import choose_threshold, operating_point, recall_by_kind, stage_metrics
@@ -260,6 +267,8 @@ def score_file(
     The file is its own behavioural history: features are computed over all of it once, then
     the models score it in chunks.
     """
+    check_output_file(output_path, "--output")
+    check_table_suffix(output_path)
     if output_path.resolve() == input_path.resolve() or (
         output_path.exists() and input_path.exists() and output_path.samefile(input_path)
     ):
