@@ -6,6 +6,7 @@ exit code 2 and no traceback, and nothing written earlier changes.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -227,3 +228,18 @@ def test_bad_output_paths_are_refused_before_any_work(workspace: Path, tmp_path:
         )
     assert (tmp_path / "a_file").read_text() == "keep me"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_dir", "a_file"]
+
+
+# -- 10. the step commands record what run records ------------------------------------------------
+
+
+def test_steps_record_the_same_metrics_json_as_run(workspace: Path, tmp_path: Path) -> None:
+    config, out = str(workspace / "config.yaml"), str(tmp_path / "staged")
+    for step in ("train-ae", "train-judge", "evaluate"):
+        succeeds([step, "--config", config, "--out", out])
+    ran = json.loads((workspace / "out" / "reports" / "metrics.json").read_text())
+    staged = json.loads((tmp_path / "staged" / "reports" / "metrics.json").read_text())
+    assert staged["training"]["judge_scale_pos_weight"] is not None
+    for metrics in (ran, staged):
+        metrics.pop("timings_s")
+    assert staged == ran

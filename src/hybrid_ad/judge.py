@@ -6,6 +6,7 @@ embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -120,8 +121,10 @@ class Judge:
     # -- persistence --------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """XGBoost's own JSON model format (no pickle)."""
-        return bytes(self._fitted().save_raw(raw_format="json"))
+        """XGBoost's own JSON model format (no pickle), with the imbalance weight it used."""
+        booster = self._fitted()
+        booster.set_attr(scale_pos_weight=repr(self.scale_pos_weight_))
+        return bytes(booster.save_raw(raw_format="json"))
 
     @classmethod
     def from_bytes(cls, config: JudgeConfig, data: bytes, seed: int = 0) -> Judge:
@@ -133,6 +136,13 @@ class Judge:
             raise ArtifactError(f"judge.json: cannot load model ({str(exc)[:200]})") from None
         judge.booster_ = booster
         judge.feature_names_ = list(booster.feature_names or [])
+        try:
+            weight = float(booster.attr("scale_pos_weight") or "")
+        except ValueError:
+            weight = math.nan
+        if not 0 < weight < math.inf:
+            raise ArtifactError("judge.json: missing or malformed scale_pos_weight attribute")
+        judge.scale_pos_weight_ = weight
         return judge
 
 
