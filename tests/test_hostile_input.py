@@ -6,8 +6,10 @@ exit code 2 and no traceback, and nothing written earlier changes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -243,3 +245,127 @@ def test_steps_record_the_same_metrics_json_as_run(workspace: Path, tmp_path: Pa
     for metrics in (ran, staged):
         metrics.pop("timings_s")
     assert staged == ran
+
+
+# -- 9. every malformed model file is one ArtifactError -------------------------------------------
+
+
+def rehash(model: Path) -> None:
+    """What a careful tamperer does: recompute every checksum the manifest holds."""
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["files"] = {
+        name: hashlib.sha256((model / name).read_bytes()).hexdigest()
+        for name in manifest["files"]
+        if (model / name).exists()
+    }
+    manifest.pop("manifest_sha256", None)
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    manifest["manifest_sha256"] = hashlib.sha256(canonical).hexdigest()
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture()
+def model_copy(workspace: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(workspace / "out" / "model", copy)
+    return copy
+
+
+def score_model(model: Path, workspace: Path, tmp_path: Path, expected: str) -> None:
+    fails_with(
+        [
+            "score",
+            "--model",
+            str(model),
+            "--input",
+            str(workspace / "events.csv"),
+            "--output",
+            str(tmp_path / "scored.csv"),
+        ],
+        expected,
+    )
+    assert not (tmp_path / "scored.csv").exists()
+
+
+@pytest.mark.parametrize("field", ["metrics", "data_sha256", "seed"])
+def test_an_edited_manifest_is_refused(
+    field: str, model_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest[field] = {"metrics": {"stages": {}}, "data_sha256": "0" * 64, "seed": 1}[field]
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    score_model(model_copy, workspace, tmp_path, "manifest.json: checksum mismatch")
+
+
+def test_a_file_left_out_of_the_manifest_is_refused(
+    model_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    del manifest["files"]["judge.json"]
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    rehash(model_copy)
+    score_model(model_copy, workspace, tmp_path, "judge.json: not listed in the manifest")
+
+
+MODEL_FILES = (
+    "config.json",
+    "detector.json",
+    "features.json",
+    "rules.json",
+    "autoencoder.json",
+    "autoencoder.safetensors",
+    "judge.json",
+)
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+@pytest.mark.parametrize("payload", [b"[]", b"{}", b"null", b"\x00\xff garbage", b"half"])
+def test_every_malformed_model_file_is_one_artifact_error(
+    name: str, payload: bytes, model_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    path = model_copy / name
+    path.write_bytes(
+        path.read_bytes()[: path.stat().st_size // 2] if payload == b"half" else payload
+    )
+    rehash(model_copy)
+    line = fails_with(
+        [
+            "score",
+            "--model",
+            str(model_copy),
+            "--input",
+            str(workspace / "events.csv"),
+            "--output",
+            str(tmp_path / "scored.csv"),
+        ],
+        "",
+    )
+    assert name in line or "config.json" in line, line
+
+
+def _edit_json(path: Path, edit: object) -> None:
+    payload = json.loads(path.read_text())
+    edit(payload)  # type: ignore[operator]
+    path.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "expected"),
+    [
+        ("rules.json", lambda p: p.update(statistics={}), "rules.json"),
+        ("rules.json", lambda p: p["statistics"].update({"mean:V1": "x"}), "rules.json"),
+        ("autoencoder.json", lambda p: p.update(n_inputs=10**12), "autoencoder"),
+        ("autoencoder.json", lambda p: p.update(history=[{}]), "autoencoder.json"),
+        ("detector.json", lambda p: p["feature_columns"].reverse(), "detector.json"),
+        ("detector.json", lambda p: p.update(threshold="high"), "detector.json"),
+        ("detector.json", lambda p: p["error_bounds"].update(demote_below=None), "detector.json"),
+        ("features.json", lambda p: p["mean"].__setitem__(0, None), "features.json"),
+        ("features.json", lambda p: p["columns"].reverse(), "features.json"),
+    ],
+)
+def test_consistent_looking_but_wrong_model_files_are_refused(
+    name: str, edit: object, expected: str, model_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    _edit_json(model_copy / name, edit)
+    rehash(model_copy)
+    score_model(model_copy, workspace, tmp_path, expected)

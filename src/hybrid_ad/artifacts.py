@@ -1,8 +1,9 @@
 """Atomic file writes and the checked model directory: nothing is pickled, everything is hashed.
 
 A model directory holds plain files (JSON, safetensors, XGBoost JSON) and a `manifest.json`
-that records the sha256 of each. Loading verifies every hash first, so a truncated or edited
-artifact is refused before any of it is parsed.
+that records the sha256 of each, and of itself (its metrics, data hash and seed are part of
+the record). Loading verifies every hash first, so a truncated or edited artifact is refused
+before any of it is parsed; a file the manifest does not list is refused too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 from hybrid_ad.errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the manifest carries its own checksum (`manifest_sha256`)."""
+MANIFEST_SHA256 = "manifest_sha256"
 
 
 def check_output_file(path: Path, option: str) -> None:
@@ -88,6 +91,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, leaving out the checksum itself."""
+    body = {key: value for key, value in manifest.items() if key != MANIFEST_SHA256}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
 def write_model_dir(
     directory: str | Path, files: dict[str, bytes], manifest: dict[str, Any]
 ) -> None:
@@ -106,6 +115,7 @@ def write_model_dir(
             "format_version": FORMAT_VERSION,
             "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
         }
+        full_manifest[MANIFEST_SHA256] = manifest_checksum(full_manifest)
         (staging / MANIFEST).write_text(json.dumps(full_manifest, indent=2, sort_keys=True) + "\n")
         retired = None
         if directory.exists():
@@ -128,7 +138,7 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, byt
         raise ArtifactError(f"{directory}: not a saved model (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{manifest_path}: manifest is truncated or corrupt") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list")
@@ -137,6 +147,15 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, byt
             f"{manifest_path}: model format {manifest.get('format_version')!r} is not supported "
             f"(this version reads format {FORMAT_VERSION})"
         )
+    if manifest.get(MANIFEST_SHA256) != manifest_checksum(manifest):
+        raise ArtifactError(f"{manifest_path}: checksum mismatch; the manifest was modified")
+    unlisted = sorted(
+        path.name
+        for path in directory.iterdir()
+        if path.name != MANIFEST and path.name not in manifest["files"]
+    )
+    if unlisted:
+        raise ArtifactError(f"{directory / unlisted[0]}: not listed in the manifest")
     files: dict[str, bytes] = {}
     for name, expected in manifest["files"].items():
         if Path(name).name != name:

@@ -55,7 +55,9 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except HybridADError as exc:
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # one line whatever a library put in the message
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")

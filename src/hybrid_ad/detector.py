@@ -353,21 +353,35 @@ class Detector:
             config = config_from_dict(_json(files, "config.json"), f"{directory}/config.json")
             state = _json(files, "detector.json")
             detector = cls(config, progress)
-            detector.feature_columns_ = list(state["feature_columns"])
+            detector.feature_columns_ = [str(name) for name in state["feature_columns"]]
             detector.judge_uses_autoencoder_ = bool(state["judge_uses_autoencoder"])
-            detector.threshold_ = state["threshold"]
-            detector.error_bounds_ = ErrorBounds(**state["error_bounds"])
-        except (KeyError, TypeError) as exc:
+            threshold = state["threshold"]
+            detector.threshold_ = None if threshold is None else _finite(threshold)
+            bounds = state["error_bounds"]
+            detector.error_bounds_ = ErrorBounds(
+                demote_below=_finite(bounds["demote_below"]),
+                promote_above=_finite(bounds["promote_above"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}/detector.json: malformed ({exc})") from None
         detector.features_ = FeatureBuilder.from_dict(
             config.features, _json(files, "features.json")
         )
+        if detector.features_.columns_ != detector.feature_columns_:
+            raise ArtifactError(
+                f"{directory}/features.json: scaler columns differ from detector.json's"
+            )
         detector.rules_ = RuleSet.from_dict(config.rules, _json(files, "rules.json"))
         detector.autoencoder_ = Autoencoder.from_bytes(
             config.autoencoder,
             _file(files, "autoencoder.safetensors"),
             _json(files, "autoencoder.json"),
         )
+        if detector.autoencoder_.n_inputs_ != detector.features_.n_scaled:
+            raise ArtifactError(
+                f"{directory}/autoencoder.json: {detector.autoencoder_.n_inputs_} inputs, "
+                f"but the features give {detector.features_.n_scaled}"
+            )
         if "judge.json" in files:
             detector.judge_ = Judge.from_bytes(config.judge, files["judge.json"], config.seed)
         detector.data_sha256_ = manifest.get("data_sha256")
@@ -450,8 +464,18 @@ def _file(files: dict[str, bytes], name: str) -> bytes:
     return files[name]
 
 
-def _json(files: dict[str, bytes], name: str) -> Any:
+def _json(files: dict[str, bytes], name: str) -> dict[str, Any]:
     try:
-        return json.loads(_file(files, name))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = json.loads(_file(files, name))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{name}: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{name}: expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _finite(value: Any) -> float:
+    """A number from a model file; bool, text and NaN are malformed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)

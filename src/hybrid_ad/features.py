@@ -199,6 +199,12 @@ class FeatureBuilder:
             engineered_names=["n_extreme_components", "max_abs_z", "rms_z", *self.judge_only_],
         )
 
+    @property
+    def n_scaled(self) -> int:
+        """Width of `transform(...).scaled`: the autoencoder's input."""
+        hour = 2 if self.config.hour_of_day else 0
+        return len(self.columns_ or ()) + len(self.behavioural_) + hour
+
     def to_dict(self) -> dict[str, Any]:
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.to_dict called before fit")
@@ -225,7 +231,11 @@ class FeatureBuilder:
         if sorted(behavioural + judge_only) != sorted(expected or []):
             raise ArtifactError("features.json: behavioural features do not match the config")
         width = len(columns) + len(behavioural) + len(judge_only)
-        if not (width == len(mean) == len(std)) or not np.all(std > 0):
+        if (
+            not (width == len(mean) == len(std))
+            or not np.all(np.isfinite(mean))
+            or not np.all((std > 0) & np.isfinite(std))
+        ):
             raise ArtifactError("features.json: scaler shapes or values are inconsistent")
         builder.columns_, builder.mean_, builder.std_ = columns, mean, std
         builder.behavioural_, builder.judge_only_ = behavioural, judge_only

@@ -97,7 +97,11 @@ class Judge:
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
         best = booster.best_iteration if _has_best(booster) else None
         rounds = (0, best + 1) if best is not None else (0, 0)
-        return booster.predict(matrix, iteration_range=rounds).astype(np.float64)
+        try:
+            return booster.predict(matrix, iteration_range=rounds).astype(np.float64)
+        except xgb.core.XGBoostError as exc:  # a loaded judge.json that does not fit its inputs
+            first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
+            raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per input, normalised to sum to 1 (unused inputs are 0)."""
@@ -133,7 +137,8 @@ class Judge:
         try:
             booster.load_model(bytearray(data))
         except xgb.core.XGBoostError as exc:
-            raise ArtifactError(f"judge.json: cannot load model ({str(exc)[:200]})") from None
+            first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
+            raise ArtifactError(f"judge.json: cannot load model ({first_line[:200]})") from None
         judge.booster_ = booster
         judge.feature_names_ = list(booster.feature_names or [])
         try:

@@ -122,7 +122,7 @@ class RuleSet:
             spec = condition.threshold
             values = _column(frame, spec.feature, rule)
             if isinstance(spec.value, QuantileRef):
-                bound = stats[_quantile_key(spec.feature, spec.value.quantile)]
+                bound = _learned(stats, _quantile_key(spec.feature, spec.value.quantile))
             elif isinstance(spec.value, MeanPlusStdRef):
                 mean, std = _moments(stats, spec.feature)
                 bound = mean + spec.value.mean_plus_std * std
@@ -179,7 +179,12 @@ class RuleSet:
         statistics = payload.get("statistics")
         if not isinstance(statistics, dict):
             raise ArtifactError("rules.json: missing learned statistics")
-        ruleset.statistics_ = {str(k): float(v) for k, v in statistics.items()}
+        try:
+            ruleset.statistics_ = {str(k): float(v) for k, v in statistics.items()}
+        except (TypeError, ValueError):
+            raise ArtifactError("rules.json: a learned statistic is not a number") from None
+        if not all(np.isfinite(value) for value in ruleset.statistics_.values()):
+            raise ArtifactError("rules.json: a learned statistic is not finite")
         return ruleset
 
 
@@ -227,4 +232,10 @@ def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float]) ->
 
 
 def _moments(stats: dict[str, float], feature: str) -> tuple[float, float]:
-    return stats[f"mean:{feature}"], stats[f"std:{feature}"]
+    return _learned(stats, f"mean:{feature}"), _learned(stats, f"std:{feature}")
+
+
+def _learned(stats: dict[str, float], key: str) -> float:
+    if key not in stats:
+        raise ArtifactError(f"rules.json: no learned statistic '{key}'")
+    return stats[key]
