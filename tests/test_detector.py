@@ -33,7 +33,13 @@ def test_score_has_one_row_per_event_in_input_order(fitted) -> None:
     shuffled = split.test.sample(frac=1.0, random_state=1)
     scored = detector.score(shuffled)
     assert list(scored.index) == list(shuffled.index)
-    assert list(scored.columns) == ["score", "rule_score", "reconstruction_error", "rules_hit"]
+    assert list(scored.columns) == [
+        "score",
+        "rule_score",
+        "reconstruction_error",
+        "rules_hit",
+        "clipped",
+    ]
     assert scored["score"].between(0, 1).all()
     in_order = detector.score(split.test)
     pd.testing.assert_frame_equal(scored.loc[in_order.index], in_order)

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -369,3 +370,67 @@ def test_consistent_looking_but_wrong_model_files_are_refused(
     _edit_json(model_copy / name, edit)
     rehash(model_copy)
     score_model(model_copy, workspace, tmp_path, expected)
+
+
+# -- 1. huge values: refused in training, clipped and flagged in scoring --------------------------
+
+
+def test_a_huge_training_value_is_refused_with_its_row(tmp_path: Path) -> None:
+    events = make_events(600)
+    events.loc[9, "V3"] = 1e308
+    events.to_csv(tmp_path / "events.csv", index=False)
+    config = write_config(tmp_path, "config.yaml")
+    fails_with(["run", "-c", str(config)], "column 'V3' has 1e+308 at data row 10")
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_huge_value_in_a_column_only_a_rule_reads_is_refused(tmp_path: Path) -> None:
+    events = make_events(600).assign(balance=1.0)
+    events.loc[[9, 10], "balance"] = [1e308, -1e308]
+    events.to_csv(tmp_path / "events.csv", index=False)
+    rules = small_config_dict()["rules"]
+    rules["rules"].append(
+        {
+            "name": "odd_balance",
+            "reason": "balance far from usual",
+            "when": {"zscore": {"feature": "balance", "abs_above": 4}},
+        }
+    )
+    config = write_config(tmp_path, "config.yaml", rules=rules)
+    fails_with(["run", "-c", str(config)], "rule 'odd_balance': column 'balance' has values too")
+
+
+def test_large_training_values_within_range_save_standard_json(tmp_path: Path) -> None:
+    events = make_events(600)
+    events.loc[9, "V3"] = 1e14
+    events.to_csv(tmp_path / "events.csv", index=False)
+    config = write_config(tmp_path, "config.yaml")
+    succeeds(["train-ae", "-c", str(config), "--out", str(tmp_path / "out")])
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    for path in (tmp_path / "out" / "model").glob("*.json"):
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_one_huge_value_is_clipped_and_flagged_without_touching_other_rows(
+    workspace: Path, tmp_path: Path
+) -> None:
+    events = make_events(300, seed=12)
+    events.to_csv(tmp_path / "plain.csv", index=False)
+    events.loc[5, "V3"] = 1e20
+    events.loc[7, "Amount"] = 1e308
+    events.loc[8, "V1"] = -1e308
+    events.to_csv(tmp_path / "huge.csv", index=False)
+    succeeds(score_args(workspace, tmp_path / "plain.csv", tmp_path / "plain_scored.csv"))
+    succeeds(score_args(workspace, tmp_path / "huge.csv", tmp_path / "huge_scored.csv"))
+    plain = pd.read_csv(tmp_path / "plain_scored.csv", keep_default_na=False)
+    huge = pd.read_csv(tmp_path / "huge_scored.csv", keep_default_na=False)
+    assert huge["clipped"].iloc[[5, 7, 8]].tolist() == ["V3", "Amount", "V1"]
+    assert (plain["clipped"] == "").all()
+    others = huge.index.difference([5, 7, 8])
+    assert (huge.loc[others, "clipped"] == "").all()
+    pd.testing.assert_series_equal(huge.loc[others, "score"], plain.loc[others, "score"])
+    assert huge["score"].between(0, 1).all()
+    assert np.isfinite(huge["reconstruction_error"]).all()

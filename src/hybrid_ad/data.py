@@ -23,6 +23,10 @@ from hybrid_ad.errors import InputError
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 OTHER_DELIMITERS = (";", "\t", "|")
+MAX_TRAINING_MAGNITUDE = 1e15
+"""Largest |value| training accepts: past float64's exact integers, far past any amount or
+count, and small enough that squares and sums stay finite. Beyond it a value is a data error
+(a sentinel such as 1e20 or 1e308); scoring clips such values instead (`FeatureBuilder`)."""
 EVENT_SECONDS = "_event_seconds"
 """Column holding the timestamp as float seconds, added by `validate_events`."""
 
@@ -126,6 +130,23 @@ def numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
             f"first at data row {row + 1}"
         )
     return array
+
+
+def check_training_range(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Refuse a training value beyond `MAX_TRAINING_MAGNITUDE`, naming its column and row."""
+    for column in columns:
+        values = frame[column].to_numpy(np.float64)
+        beyond = ~(np.abs(values) <= MAX_TRAINING_MAGNITUDE)
+        if beyond.any():
+            position = int(np.argmax(beyond))
+            label = frame.index[position]
+            row = (
+                f"data row {label + 1}" if isinstance(label, int | np.integer) else f"row {label!r}"
+            )
+            raise InputError(
+                f"{source}: column '{column}' has {values[position]:g} at {row}, beyond the "
+                f"±{MAX_TRAINING_MAGNITUDE:g} training accepts"
+            )
 
 
 def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.autoencoder import Autoencoder
 from hybrid_ad.behavioural_live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.data import EVENT_SECONDS, validate_events
+from hybrid_ad.data import EVENT_SECONDS, check_training_range, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.judge import Judge
@@ -33,7 +33,7 @@ from hybrid_ad.progress import QUIET, ProgressReporter
 from hybrid_ad.pseudo_labels import ErrorBounds, refine_pseudo_labels
 from hybrid_ad.rules import RuleResult, RuleSet
 
-SCORE_COLUMNS = ("score", "rule_score", "reconstruction_error", "rules_hit")
+SCORE_COLUMNS = ("score", "rule_score", "reconstruction_error", "rules_hit", "clipped")
 Events = pd.DataFrame | PreparedEvents
 """What every method takes: a raw frame, or events already prepared by `prepare_events`."""
 
@@ -79,6 +79,12 @@ class Detector:
         """Fit scaler, rules and autoencoder. Never reads the label column."""
         self.feature_columns_ = None
         train = self._events(frame, "training data")
+        behavioural = self.config.features.behavioural
+        check_training_range(
+            train,
+            [*(self.feature_columns_ or []), *(behavioural.values if behavioural else [])],
+            frame.source if isinstance(frame, PreparedEvents) else "training data",
+        )
         held_out = self._events(validation, "validation data", history=frame)
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
@@ -168,6 +174,7 @@ class Detector:
         result["rule_score"] = outputs.rules.score
         result["reconstruction_error"] = outputs.reconstruction_error
         result["rules_hit"] = outputs.rules.hit_names()
+        result["clipped"] = outputs.features.clipped_names()
         return result
 
     def predict_proba(self, frame: Events) -> np.ndarray:

@@ -81,13 +81,13 @@ class RuleSet:
                 key = _quantile_key(spec.feature, spec.value.quantile)
                 stats[key] = float(np.quantile(values, spec.value.quantile))
             elif isinstance(spec.value, MeanPlusStdRef):
-                _learn_moments(values, spec.feature, stats)
+                _learn_moments(values, spec.feature, stats, rule)
         elif condition.zscore is not None:
             feature = condition.zscore.feature
-            _learn_moments(_column(frame, feature, rule), feature, stats)
+            _learn_moments(_column(frame, feature, rule), feature, stats, rule)
         elif condition.count_extreme is not None:
             for feature in _expand(condition.count_extreme.features, frame, rule):
-                _learn_moments(_column(frame, feature, rule), feature, stats)
+                _learn_moments(_column(frame, feature, rule), feature, stats, rule)
         else:
             for child in _children(condition):
                 self._learn(child, frame, stats, rule)
@@ -225,8 +225,14 @@ def _quantile_key(feature: str, quantile: float) -> str:
     return f"quantile:{feature}:{quantile:g}"
 
 
-def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float]) -> None:
-    std = float(values.std())
+def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float], rule: str) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(values.std())
+    if not np.isfinite(std):
+        raise InputError(
+            f"rule '{rule}': column '{feature}' has values too large for a mean and a standard "
+            "deviation in training"
+        )
     stats[f"mean:{feature}"] = float(values.mean())
     stats[f"std:{feature}"] = std if std > 0 else 1.0
 
