@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -434,3 +439,81 @@ def test_one_huge_value_is_clipped_and_flagged_without_touching_other_rows(
     pd.testing.assert_series_equal(huge.loc[others, "score"], plain.loc[others, "score"])
     assert huge["score"].between(0, 1).all()
     assert np.isfinite(huge["reconstruction_error"]).all()
+
+
+# -- 11. no clutter, the umask is respected, only models are replaced -----------------------------
+
+KILL_WHILE_STAGING_MODEL = """
+import os, signal, sys
+from hybrid_ad import artifacts
+
+artifacts.manifest_checksum = lambda manifest: os.kill(os.getpid(), signal.SIGKILL)
+artifacts.write_model_dir(sys.argv[1], {"weights.json": b"{}"}, {})
+"""
+
+KILL_WHILE_WRITING_SCORES = """
+import os, signal, sys
+from pathlib import Path
+from hybrid_ad import artifacts
+
+def half_then_die(temp: Path) -> None:
+    temp.write_text("score,alert\\n0.1,")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+artifacts.atomic_write_with(Path(sys.argv[1]), half_then_die)
+"""
+
+
+def _killed(script: str, *args: str) -> None:
+    process = subprocess.run([sys.executable, "-c", script, *args], capture_output=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(
+    workspace: Path, tmp_path: Path
+) -> None:
+    from hybrid_ad.artifacts import write_model_dir
+
+    _killed(KILL_WHILE_STAGING_MODEL, str(tmp_path / "model"))
+    assert [path.name[:7] for path in tmp_path.iterdir()] == [".model."]
+    write_model_dir(tmp_path / "model", {"weights.json": b"{}"}, {})
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+
+    output = tmp_path / "scores" / "x.csv"
+    output.parent.mkdir()
+    _killed(KILL_WHILE_WRITING_SCORES, str(output))
+    assert [path.name[:7] for path in output.parent.iterdir()] == [".x.csv."]
+    succeeds(score_args(workspace, workspace / "events.csv", output))
+    assert [path.name for path in output.parent.iterdir()] == ["x.csv"]
+
+
+def test_what_is_not_a_model_or_a_report_is_never_replaced(workspace: Path, tmp_path: Path) -> None:
+    from hybrid_ad.artifacts import write_model_dir
+    from hybrid_ad.errors import ArtifactError
+
+    config = str(workspace / "config.yaml")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model").write_text("my notes")
+    fails_with(["run", "-c", config, "--out", str(tmp_path / "a")], "is not a saved model")
+    with pytest.raises(ArtifactError, match="is not a saved model"):
+        write_model_dir(tmp_path / "a" / "model", {"x.json": b"{}"}, {})
+    assert (tmp_path / "a" / "model").read_text() == "my notes"
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["model"]
+
+
+def test_outputs_respect_the_umask(workspace: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        succeeds(["train-ae", "-c", str(workspace / "config.yaml"), "--out", str(out)])
+        succeeds(score_args(workspace, workspace / "events.csv", tmp_path / "shared.csv"))
+        os.umask(0o077)
+        succeeds(score_args(workspace, workspace / "events.csv", tmp_path / "private.csv"))
+    finally:
+        os.umask(previous)
+    model = (out / "model").resolve()
+    assert stat.S_IMODE(model.stat().st_mode) == 0o755
+    assert stat.S_IMODE(model.parent.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in model.iterdir()} == {0o644}
+    assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.csv").stat().st_mode) == 0o600

@@ -51,18 +51,14 @@ def _check_parents(path: Path, option: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
+    atomic_write_with(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -74,17 +70,57 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Let `writer` fill a temporary path (for libraries that write files themselves)."""
+    """Let `writer` fill a temporary path (for libraries that write files themselves).
+
+    The temporary name holds this process's id, so the leftovers of a killed writer of the
+    same file are recognised and removed by the next write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    _remove_stale(path.parent, f".{path.name}.")
+    handle, temp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=path.suffix
+    )
     os.close(handle)
     try:
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes the file private
         writer(Path(temp))
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (only readable by setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(folder: Path, prefix: str) -> None:
+    """Remove `prefix<pid>.*` temporaries left in `folder` by processes that no longer run."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -102,12 +138,18 @@ def write_model_dir(
 ) -> None:
     """Write all files and the manifest into a fresh directory, then swap it into place.
 
-    A crash part-way leaves the previous model directory untouched.
+    A crash part-way leaves the previous model directory untouched (and its staging folder
+    is removed by the next save); what is in the way and is not a saved model is refused.
     """
     directory = Path(directory)
+    check_replaceable_model(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    _remove_stale(directory.parent, f".{directory.name}.")
+    staging = Path(
+        tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.{os.getpid()}.")
+    )
     try:
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes the folder private
         for name, data in files.items():
             (staging / name).write_bytes(data)
         full_manifest = {
@@ -118,16 +160,30 @@ def write_model_dir(
         full_manifest[MANIFEST_SHA256] = manifest_checksum(full_manifest)
         (staging / MANIFEST).write_text(json.dumps(full_manifest, indent=2, sort_keys=True) + "\n")
         retired = None
-        if directory.exists():
-            retired = directory.with_name(f".{directory.name}.retired")
-            shutil.rmtree(retired, ignore_errors=True)
+        if directory.exists() or directory.is_symlink():
+            retired = directory.with_name(f".{directory.name}.{os.getpid()}.retired")
             directory.rename(retired)
         staging.rename(directory)
         if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
+            _remove_path(retired)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_replaceable_model(directory: Path) -> None:
+    """Only a saved model (or nothing) may stand where a model is written."""
+    if directory.is_symlink() or not (directory.exists() or directory.is_symlink()):
+        return
+    if not (directory.is_dir() and (directory / MANIFEST).is_file()):
+        raise ArtifactError(f"{directory}: exists and is not a saved model; refusing to replace it")
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:

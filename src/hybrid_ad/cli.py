@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hybrid_ad import pipeline
-from hybrid_ad.artifacts import check_output_dir, check_output_file
+from hybrid_ad.artifacts import check_output_dir, check_output_file, check_replaceable_model
 from hybrid_ad.config import Config, load_config
 from hybrid_ad.data import check_table_suffix
 from hybrid_ad.detector import Detector
@@ -72,6 +72,7 @@ def _setup(
     config = load_config(config_path)
     out_dir = out or config.artifacts.out_dir
     check_output_dir(out_dir, "--out")
+    check_replaceable_model(out_dir / pipeline.MODEL_DIR)
     return config, out_dir, ProgressReporter(enabled=not quiet)
 
 
