@@ -441,6 +441,82 @@ def test_one_huge_value_is_clipped_and_flagged_without_touching_other_rows(
     assert np.isfinite(huge["reconstruction_error"]).all()
 
 
+# -- 8. a run's outputs appear together or not at all ---------------------------------------------
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every byte a reader of OUT/model and OUT/reports sees (through the links)."""
+    return {
+        str(path.relative_to(out)): path.read_bytes()
+        for name in ("model", "reports")
+        for path in sorted((out / name).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture()
+def trained_copy(workspace: Path, tmp_path: Path) -> Path:
+    """A copy of the trained workspace's OUT, links and all, with its own config."""
+    shutil.copytree(workspace / "out", tmp_path / "out", symlinks=True)
+    raw = yaml.safe_load((workspace / "config.yaml").read_text())
+    raw["artifacts"] = {"out_dir": str(tmp_path / "out")}
+    raw["seed"] = 8  # a different model, so a mix of old and new outputs would show
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "out"
+
+
+def test_a_failure_after_the_report_leaves_the_previous_outputs(
+    trained_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hybrid_ad import pipeline
+
+    before = snapshot(trained_copy)
+    assert "reports/index.html" in before and "model/manifest.json" in before
+
+    def fail(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "save_evaluated", fail)
+    result = runner.invoke(app, ["run", "-c", str(trained_copy.parent / "config.yaml"), "-q"])
+    assert isinstance(result.exception, OSError)
+    assert snapshot(trained_copy) == before
+    assert len(list((trained_copy / ".runs").iterdir())) == 1
+
+
+KILL_AFTER_REPORT = """
+import os, signal, sys
+from hybrid_ad import cli, pipeline
+
+def write_then_die(out_dir, metrics):
+    assert (out_dir / "reports" / "index.html").is_file()
+    assert (out_dir / "model" / "manifest.json").is_file()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+pipeline.write_metrics = write_then_die
+sys.argv = ["hybrid-ad", "run", "-c", sys.argv[1], "--quiet"]
+cli.main()
+"""
+
+
+def test_sigkill_after_report_and_model_leaves_the_previous_outputs(trained_copy: Path) -> None:
+    before = snapshot(trained_copy)
+    config = trained_copy.parent / "config.yaml"
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_REPORT, str(config)], capture_output=True, check=False
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert snapshot(trained_copy) == before
+    assert len(list((trained_copy / ".runs").iterdir())) == 2  # the abandoned stage
+    succeeds(["run", "-c", str(config)])
+    after = snapshot(trained_copy)
+    assert after != before
+    assert len(list((trained_copy / ".runs").iterdir())) == 1  # cleaned up
+    manifest = json.loads(after["model/manifest.json"])
+    metrics = json.loads(after["reports/metrics.json"])
+    assert manifest["metrics"]["stages"] == metrics["stages"]
+    assert manifest["seed"] == metrics["seed"] == 8
+
+
 # -- 11. no clutter, the umask is respected, only models are replaced -----------------------------
 
 KILL_WHILE_STAGING_MODEL = """
@@ -495,9 +571,13 @@ def test_what_is_not_a_model_or_a_report_is_never_replaced(workspace: Path, tmp_
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "model").write_text("my notes")
     fails_with(["run", "-c", config, "--out", str(tmp_path / "a")], "is not a saved model")
+    (tmp_path / "b" / "reports").mkdir(parents=True)
+    (tmp_path / "b" / "reports" / "thesis.docx").write_text("draft")
+    fails_with(["train-ae", "-c", config, "--out", str(tmp_path / "b")], "not a report folder")
     with pytest.raises(ArtifactError, match="is not a saved model"):
         write_model_dir(tmp_path / "a" / "model", {"x.json": b"{}"}, {})
     assert (tmp_path / "a" / "model").read_text() == "my notes"
+    assert (tmp_path / "b" / "reports" / "thesis.docx").read_text() == "draft"
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["model"]
 
 

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 """2: the manifest carries its own checksum (`manifest_sha256`)."""
 MANIFEST_SHA256 = "manifest_sha256"
+RUNS_DIR = ".runs"
+CURRENT = ".current"
+"""`OUT/.current` links to the run in `OUT/.runs/` whose outputs `OUT/model` and
+`OUT/reports` show; one rename of it switches them all together."""
+REPORT_SUFFIXES = (".html", ".json", ".png")
 
 
 def check_output_file(path: Path, option: str) -> None:
@@ -224,3 +230,74 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, byt
             raise ArtifactError(f"{path}: checksum mismatch; the file is truncated or was modified")
         files[name] = data
     return manifest, files
+
+
+def check_publishable(out_dir: Path, names: tuple[str, ...]) -> None:
+    """Refuse, before any work, to publish over something that is not an earlier output."""
+    for name in names:
+        path = out_dir / name
+        if path.is_symlink() or not path.exists():
+            continue
+        if name == "reports":
+            entries = list(path.iterdir()) if path.is_dir() else [path]
+            if path.is_dir() and all(
+                entry.is_file() and entry.suffix in REPORT_SUFFIXES for entry in entries
+            ):
+                continue
+            raise ArtifactError(
+                f"{path}: exists and is not a report folder (only .html, .json and .png files); "
+                "refusing to replace it"
+            )
+        check_replaceable_model(path)
+    current = out_dir / CURRENT
+    if current.exists() and not current.is_symlink():
+        raise ArtifactError(f"{current}: exists and is not a link to a run; refusing to replace it")
+
+
+@contextmanager
+def published_outputs(out_dir: Path, names: tuple[str, ...]) -> Iterator[Path]:
+    """Stage a run's outputs (`names`: model, reports) in one folder, then switch them in.
+
+    The caller writes `stage/model`, `stage/reports`; on success one rename of the
+    `OUT/.current` link makes all of them visible at once through the fixed links
+    `OUT/model -> .current/model` and `OUT/reports -> .current/reports`. A crash or an
+    error before that leaves the previous outputs as they were, and the next run removes
+    the abandoned stage.
+    """
+    check_publishable(out_dir, names)
+    runs = out_dir / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    for name in (*names, CURRENT):
+        _remove_stale(out_dir, f".{name}.")
+    stage = Path(tempfile.mkdtemp(dir=runs, prefix=f"{os.getpid()}."))
+    try:
+        os.chmod(stage, 0o777 & ~current_umask())
+        yield stage
+        for name in names:
+            (stage / name).mkdir(exist_ok=True)
+        _replace_link(out_dir / CURRENT, f"{RUNS_DIR}/{stage.name}")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    for name in names:
+        _replace_link(out_dir / name, f"{CURRENT}/{name}")
+    for run in runs.iterdir():
+        pid = run.name.split(".", 1)[0]
+        stale = pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid)))
+        if run.name != stage.name and stale:
+            _remove_path(run)
+
+
+def _replace_link(path: Path, target: str) -> None:
+    """Point the link `path` at `target` with one rename; an earlier real output is retired."""
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.link")
+    os.symlink(target, temp)
+    if path.exists() and not path.is_symlink():
+        retired = path.with_name(f".{path.name}.{os.getpid()}.retired")
+        path.rename(retired)
+        os.replace(temp, path)
+        _remove_path(retired)
+    else:
+        os.replace(temp, path)

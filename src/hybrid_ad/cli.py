@@ -17,7 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from hybrid_ad import pipeline
-from hybrid_ad.artifacts import check_output_dir, check_output_file, check_replaceable_model
+from hybrid_ad.artifacts import (
+    check_output_dir,
+    check_output_file,
+    check_publishable,
+    published_outputs,
+)
 from hybrid_ad.config import Config, load_config
 from hybrid_ad.data import check_table_suffix
 from hybrid_ad.detector import Detector
@@ -72,7 +77,7 @@ def _setup(
     config = load_config(config_path)
     out_dir = out or config.artifacts.out_dir
     check_output_dir(out_dir, "--out")
-    check_replaceable_model(out_dir / pipeline.MODEL_DIR)
+    check_publishable(out_dir, pipeline.OUTPUTS)
     return config, out_dir, ProgressReporter(enabled=not quiet)
 
 
@@ -154,9 +159,10 @@ def evaluate(
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet, needs_judge=True)
-    metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
-    pipeline.save_evaluated(detector, out_dir, metrics)
-    pipeline.write_metrics(out_dir, metrics)
+    with published_outputs(out_dir, pipeline.OUTPUTS) as stage:
+        metrics = pipeline.evaluate_step(detector, loaded, stage, pipeline.Timer(), progress)
+        pipeline.save_evaluated(detector, stage, metrics)
+        pipeline.write_metrics(stage, metrics)
     _print_summary(metrics, out_dir, quiet)
 
 

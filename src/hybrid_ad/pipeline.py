@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.artifacts import atomic_write_json, atomic_write_with, check_output_file
+from hybrid_ad.artifacts import (
+    atomic_write_json,
+    atomic_write_with,
+    check_output_file,
+    published_outputs,
+)
 from hybrid_ad.config import Config
 from hybrid_ad.data import (
     Split,
@@ -36,6 +41,8 @@ from hybrid_ad.report import write_report
 MODEL_DIR = "model"
 REPORTS_DIR = "reports"
 EMBEDDINGS_DIR = "embeddings"
+OUTPUTS = (MODEL_DIR, REPORTS_DIR)
+"""What a run or a step publishes together (`artifacts.published_outputs`)."""
 SCORE_CHUNK = 50_000
 
 
@@ -85,7 +92,8 @@ def train_autoencoder_step(
     detector = Detector(config, progress)
     detector.fit_unsupervised(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
-    detector.save(out_dir / MODEL_DIR)
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        detector.save(stage / MODEL_DIR)
     return detector
 
 
@@ -103,7 +111,8 @@ def embed_step(detector: Detector, data: LoadedData, out_dir: Path) -> list[Path
 def train_judge_step(detector: Detector, data: LoadedData, out_dir: Path) -> Detector:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
     detector.fit_judge(data.part("train"), data.part("validation"))
-    detector.save(out_dir / MODEL_DIR)
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        detector.save(stage / MODEL_DIR)
     return detector
 
 
@@ -220,10 +229,11 @@ def run(
     with timer.step("fit_judge"):
         detector.fit_judge(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
-    metrics = evaluate_step(detector, data, out_dir, timer, progress)
-    with timer.step("save"):
-        save_evaluated(detector, out_dir, metrics)
-    write_metrics(out_dir, metrics)
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        metrics = evaluate_step(detector, data, stage, timer, progress)
+        with timer.step("save"):
+            save_evaluated(detector, stage, metrics)
+        write_metrics(stage, metrics)
     return metrics
 
 
