@@ -597,3 +597,20 @@ def test_outputs_respect_the_umask(workspace: Path, tmp_path: Path) -> None:
     assert {stat.S_IMODE(path.stat().st_mode) for path in model.iterdir()} == {0o644}
     assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.csv").stat().st_mode) == 0o600
+
+
+# -- 12. tiny inputs say what is undefined ---------------------------------------------------------
+
+
+def test_a_tiny_input_warns_what_is_undefined(tmp_path: Path) -> None:
+    make_events(50, seed=4).assign(Class=0).to_csv(tmp_path / "events.csv", index=False)
+    config = write_config(tmp_path, "config.yaml")
+    result = succeeds(["run", "-c", str(config), "--out", str(tmp_path / "out")])
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith("warning: validation part (10 rows) has no positive label")
+    assert "alert_rate" in warnings[0]
+    assert warnings[1].startswith("warning: test part (10 rows) has no positive label")
+    assert "average precision" in warnings[1]
+    metrics = json.loads((tmp_path / "out" / "reports" / "metrics.json").read_text())
+    assert metrics["warnings"] == [line.removeprefix("warning: ") for line in warnings]

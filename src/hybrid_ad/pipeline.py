@@ -33,7 +33,13 @@ from hybrid_ad.data import (
 )
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.evaluation import choose_threshold, operating_point, recall_by_kind, stage_metrics
+from hybrid_ad.evaluation import (
+    choose_threshold,
+    operating_point,
+    recall_by_kind,
+    stage_metrics,
+    undefined_metrics,
+)
 from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.report import write_report
@@ -145,6 +151,9 @@ def evaluate_step(
             "threshold_policy": policy,
         }
     detector.threshold_ = stages["judge"]["threshold"]
+    warnings = undefined_metrics(validation_labels, test_labels, config.evaluation)
+    for message in warnings:
+        progress.warn(message)
     learned = {"autoencoder", "judge", "judge_without_autoencoder"}
     metrics = {
         "stages": stages,
@@ -160,6 +169,7 @@ def evaluate_step(
         "training": detector.training_summary(),
         "seed": config.seed,
         "timings_s": timer.timings,
+        "warnings": warnings,
     }
     reports = out_dir / REPORTS_DIR
     if config.evaluation.report:
