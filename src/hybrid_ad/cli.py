@@ -48,6 +48,13 @@ OutOption = Annotated[
     Path | None, typer.Option("--out", help="Artifact directory; default: artifacts.out_dir.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a config key, value read as YAML (repeatable): --set judge.max_depth=4",
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,9 +79,9 @@ def _user_errors(command: F) -> F:
 
 
 def _setup(
-    config_path: Path, out: Path | None, quiet: bool
+    config_path: Path, out: Path | None, quiet: bool, overrides: list[str] | None
 ) -> tuple[Config, Path, ProgressReporter]:
-    config = load_config(config_path)
+    config = load_config(config_path, overrides or ())
     out_dir = out or config.artifacts.out_dir
     check_output_dir(out_dir, "--out")
     check_publishable(out_dir, pipeline.OUTPUTS)
@@ -82,10 +89,15 @@ def _setup(
 
 
 def _trained(
-    config: Path, data: Path | None, out: Path | None, quiet: bool, needs_judge: bool = False
+    config: Path,
+    data: Path | None,
+    out: Path | None,
+    quiet: bool,
+    overrides: list[str] | None,
+    needs_judge: bool = False,
 ) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
     """What every step after `train-ae` starts from: the data and the detector saved so far."""
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, overrides)
     loaded = pipeline.load_data(settings, data)
     detector = pipeline.load_trained(out_dir, loaded, needs_judge=needs_judge)
     detector.progress = progress
@@ -99,9 +111,10 @@ def run(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit every stage, evaluate them on the test split, write the report, save the model."""
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, set_)
     metrics = pipeline.run(settings, data, out_dir, progress)
     _print_summary(metrics, out_dir, quiet)
 
@@ -113,9 +126,10 @@ def train_ae(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit rules, scaling and the autoencoder; save them to OUT/model (no judge yet)."""
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, set_)
     loaded = pipeline.load_data(settings, data)
     pipeline.train_autoencoder_step(settings, loaded, out_dir, progress)
     progress.log(f"saved label-free stages to {out_dir / pipeline.MODEL_DIR}")
@@ -128,9 +142,10 @@ def embed(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     for path in pipeline.embed_step(detector, loaded, out_dir):
         progress.log(f"wrote {path}")
 
@@ -142,9 +157,10 @@ def train_judge(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     pipeline.train_judge_step(detector, loaded, out_dir)
     progress.log(f"saved detector to {out_dir / pipeline.MODEL_DIR}")
 
@@ -156,9 +172,10 @@ def evaluate(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, needs_judge=True)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_, needs_judge=True)
     with published_outputs(out_dir, pipeline.OUTPUTS) as stage:
         metrics = pipeline.evaluate_step(detector, loaded, stage, pipeline.Timer(), progress)
         pipeline.save_evaluated(detector, stage, metrics)

@@ -6,6 +6,7 @@ relative to the config file (`rules: rules.yaml`), so each step can keep its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -290,11 +291,54 @@ def config_from_dict(raw: Any, source: str = "<config>") -> Config:
         raise ConfigError(format_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read `config.yaml`, inline any per-step section files, and validate the whole.
+def parse_override(override: str) -> tuple[tuple[str, ...], Any]:
+    """`judge.max_depth=4` -> (("judge", "max_depth"), 4); the value is read as YAML."""
+    key, equals, text = override.partition("=")
+    path = tuple(key.strip().split("."))
+    if not equals or not all(path):
+        raise ConfigError(f"--set {override}: expected key.path=value (judge.max_depth=4)")
+    try:
+        return path, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {override}: the value is malformed YAML ({problem})") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Set each `key.path=value` in the raw config mapping, creating sections as needed."""
+    for override in overrides:
+        path, value = parse_override(override)
+        mapping = raw
+        for depth, part in enumerate(path[:-1]):
+            child = mapping.setdefault(part, {})
+            if child is None:
+                child = mapping[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {override}: '{where}' is not a mapping of keys")
+            mapping = child
+        mapping[path[-1]] = value
+
+
+def _override_error(overrides: Sequence[str], error: ValidationError) -> ConfigError | None:
+    """The error against the override that set the offending key, if one did."""
+    first = error.errors()[0]
+    loc = tuple(str(part) for part in first["loc"])
+    for override in reversed(overrides):
+        path, _ = parse_override(override)
+        if loc[: len(path)] == path:
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            inner = ".".join(loc[len(path) :])
+            return ConfigError(f"--set {override}: {inner + ': ' if inner else ''}{message}")
+    return None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read `config.yaml`, inline any per-step section files, apply `--set` overrides
+    (`judge.max_depth=4`), and validate the whole.
 
     A problem inside a section file is reported against that file, with the key path
-    inside it.
+    inside it; a problem in an override names the override.
     """
     path = Path(path)
     raw = _read_yaml(path)
@@ -310,9 +354,13 @@ def load_config(path: str | Path) -> Config:
                 raise ConfigError(f"{section_path}: expected a mapping for section '{section}'")
             raw[section] = section_raw
             section_files[section] = section_path
+    apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
+        override_error = _override_error(overrides, exc)
+        if override_error is not None:
+            raise override_error from None
         loc = exc.errors()[0]["loc"]
         if loc and loc[0] in section_files:
             source = f"{section_files[loc[0]]}"
