@@ -6,6 +6,8 @@ exit code 2 and no traceback, and nothing written earlier changes.
 
 from __future__ import annotations
 
+import copy
+import gzip
 import hashlib
 import json
 import os
@@ -614,3 +616,136 @@ def test_a_tiny_input_warns_what_is_undefined(tmp_path: Path) -> None:
     assert "average precision" in warnings[1]
     metrics = json.loads((tmp_path / "out" / "reports" / "metrics.json").read_text())
     assert metrics["warnings"] == [line.removeprefix("warning: ") for line in warnings]
+
+
+# -- the whole contract at once: every bad file, one line, exit 2, nothing earlier changes ---------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file and link under `root`, byte for byte (links by their target)."""
+    result = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            result[key] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+    return result
+
+
+YAML_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True)
+)
+
+
+def bad_data_files(root: Path) -> dict[str, tuple[str, str]]:
+    """File name -> (contents written, what the one-line error must say)."""
+    good = make_events(300, seed=21)
+    text = good.to_csv(index=False)
+    header, body = text.split("\n", 1)
+    gz = gzip.compress(text.encode())
+    files: dict[str, tuple[bytes, str]] = {
+        "empty.csv": (b"", "file is empty"),
+        "random.csv": (bytes(range(256)) * 40, "random.csv"),
+        "cut.csv.gz": (gz[: len(gz) // 2], "truncated or corrupt"),
+        "garbage.parquet": (b"PAR1 not really", "garbage.parquet"),
+        "semicolon.csv": (good.to_csv(index=False, sep=";").encode(), "looks ';'-separated"),
+        "dup_header.csv": ((header.replace("V5", "V2") + "\n" + body).encode(), "'V2'"),
+        "text_value.csv": (good.assign(V4="x").to_csv(index=False).encode(), "column 'V4'"),
+        "nan.csv": (good.assign(V1=np.nan).to_csv(index=False).encode(), "column 'V1'"),
+        "inf.csv": (good.assign(V6=np.inf).to_csv(index=False).encode(), "column 'V6'"),
+        "label.csv": (good.assign(Class=2).to_csv(index=False).encode(), "must be 0 or 1"),
+        "no_time.csv": (good.drop(columns="Time").to_csv(index=False).encode(), "'Time'"),
+        "header_only.csv": ((header + "\n").encode(), "no data rows"),
+        "events.txt": (text.encode(), "unsupported file type"),
+    }
+    huge = good.copy()
+    huge.loc[3, "V2"] = 1e300
+    files["huge_for_training.csv"] = (huge.to_csv(index=False).encode(), "data row 4")
+    for name, (data, _) in files.items():
+        (root / name).write_bytes(data)
+    return {name: (str(root / name), expected) for name, (_, expected) in files.items()}
+
+
+def bad_config_files(root: Path) -> dict[str, tuple[str, str]]:
+    base = small_config_dict(data={"path": str(root / "events.csv")})
+    typo = copy.deepcopy(base)
+    typo["judge"]["learning_rte"] = 0.1
+    seed = {**copy.deepcopy(base), "seed": 2**63}
+    wide = copy.deepcopy(base)
+    wide["autoencoder"]["hidden_layers"] = [10**8]
+    texts = {
+        "typo.yaml": (yaml.safe_dump(typo), "judge.learning_rte: unknown key"),
+        "seed.yaml": (yaml.safe_dump(seed), "seed"),
+        "wide.yaml": (yaml.safe_dump(wide), "autoencoder.hidden_layers.0"),
+        "bomb.yaml": (YAML_BOMB + "seed: *h\n", "bomb.yaml"),
+        "broken.yaml": ("seed: [1\n", "malformed YAML"),
+        "list.yaml": ("- 1\n- 2\n", "expected a mapping"),
+        "binary.yaml": ("\x00\x01", "binary.yaml"),
+    }
+    for name, (text, _) in texts.items():
+        (root / name).write_text(text)
+    return {name: (str(root / name), expected) for name, (_, expected) in texts.items()}
+
+
+def test_fuzz_every_bad_file_is_one_line_exit_2_and_changes_nothing(
+    trained_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    config = str(trained_copy.parent / "config.yaml")
+    model = str(trained_copy / "model")
+    before = tree(tmp_path)
+    before = {key: value for key, value in before.items() if not key.startswith("bad/")}
+    cases: list[tuple[list[str], str]] = []
+    for name, (path, expected) in bad_data_files(bad).items():
+        cases.append((["run", "-c", config, "--data", path], expected))
+        if name != "huge_for_training.csv":  # scoring clips a huge value instead
+            output = str(tmp_path / "bad" / f"{name}.scored.csv")
+            cases.append(
+                (["score", "--model", model, "--input", path, "--output", output], expected)
+            )
+    for path, expected in bad_config_files(bad).values():
+        for step in ("run", "train-ae", "evaluate"):
+            cases.append(([step, "-c", path, "--out", str(trained_copy)], expected))
+    events = str(workspace / "events.csv")
+    cases += [
+        (["score", "--model", model, "--input", events, "--output", events], "is the input"),
+        (["score", "--model", model, "--input", events, "--output", str(bad)], "is a directory"),
+        (["score", "--model", str(bad), "--input", events, "--output", "x.csv"], "not a saved"),
+        (["run", "-c", config, "--out", str(bad / "empty.csv")], "is not a directory"),
+        (["run", "-c", config, "--set", "judge.max_depth=99"], "--set judge.max_depth=99"),
+    ]
+    for args, expected in cases:
+        fails_with(args, expected)
+        after = {key: value for key, value in tree(tmp_path).items() if not key.startswith("bad/")}
+        assert after == before, args
+    assert not list(bad.glob("*.scored.csv"))
+
+
+def test_fuzz_through_the_installed_entry_point(workspace: Path, tmp_path: Path) -> None:
+    """The same contract in a real process: exit status 2 and one line, no traceback."""
+    path = tmp_path / "semicolon.csv"
+    make_events(100).to_csv(path, index=False, sep=";")
+    before = tree(workspace / "out")
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybrid_ad.cli",
+            "score",
+            "--model",
+            str(workspace / "out" / "model"),
+            "--input",
+            str(path),
+            "--output",
+            str(tmp_path / "scored.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert process.returncode == 2
+    assert process.stderr.count("\n") == 1, process.stderr
+    assert "looks ';'-separated" in process.stderr
+    assert "Traceback" not in process.stderr
+    assert tree(workspace / "out") == before
