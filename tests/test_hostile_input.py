@@ -578,6 +578,12 @@ def test_what_is_not_a_model_or_a_report_is_never_replaced(workspace: Path, tmp_
     fails_with(["train-ae", "-c", config, "--out", str(tmp_path / "b")], "not a report folder")
     with pytest.raises(ArtifactError, match="is not a saved model"):
         write_model_dir(tmp_path / "a" / "model", {"x.json": b"{}"}, {})
+    (tmp_path / "c" / "model").mkdir(parents=True)
+    (tmp_path / "c" / "model" / "data.csv").write_text("mine")
+    with pytest.raises(ArtifactError, match="is not a saved model"):
+        write_model_dir(tmp_path / "c" / "model", {"x.json": b"{}"}, {})
+    (tmp_path / "c" / "model" / "data.csv").unlink()
+    write_model_dir(tmp_path / "c" / "model", {"x.json": b"{}"}, {})  # an empty folder is fine
     assert (tmp_path / "a" / "model").read_text() == "my notes"
     assert (tmp_path / "b" / "reports" / "thesis.docx").read_text() == "draft"
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["model"]

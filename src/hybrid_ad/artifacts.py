@@ -178,10 +178,12 @@ def write_model_dir(
 
 
 def check_replaceable_model(directory: Path) -> None:
-    """Only a saved model (or nothing) may stand where a model is written."""
-    if directory.is_symlink() or not (directory.exists() or directory.is_symlink()):
+    """Only a saved model, an empty folder or nothing may stand where a model is written."""
+    if directory.is_symlink() or not directory.exists():
         return
-    if not (directory.is_dir() and (directory / MANIFEST).is_file()):
+    if not directory.is_dir() or not (
+        (directory / MANIFEST).is_file() or not any(directory.iterdir())
+    ):
         raise ArtifactError(f"{directory}: exists and is not a saved model; refusing to replace it")
 
 
