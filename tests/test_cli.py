@@ -189,3 +189,28 @@ def test_arff_from_openml_becomes_csv() -> None:
         b"@DATA\n0,1\n5,0\n"
     )
     assert arff_to_csv(arff) == b"Time,Class\n0,1\n5,0\n"
+
+
+def test_set_overrides_config_keys_on_every_config_command(workspace: Path, tmp_path: Path) -> None:
+    config = str(workspace / "config.yaml")
+    for step in ("run", "train-ae", "embed", "train-judge", "evaluate"):
+        _fails_with(
+            [step, "-c", config, "--set", "seed=1", "--set", "judge.learning_rte=0.1"],
+            "error: --set judge.learning_rte=0.1: unknown key",
+        )
+    out = tmp_path / "out"
+    result = _invoke(
+        "train-ae",
+        "-c",
+        config,
+        "--out",
+        str(out),
+        "--set",
+        "seed=3",
+        "--set",
+        "autoencoder.max_epochs=1",
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["seed"] == 3
+    assert manifest["config"]["autoencoder"]["max_epochs"] == 1

@@ -71,3 +71,52 @@ def test_error_in_a_section_file_names_that_file(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def _config_file(tmp_path: Path) -> Path:
+    import yaml
+
+    raw = small_config_dict()
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(raw.pop("rules")))
+    raw["rules"] = "rules.yaml"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "config.yaml"
+
+
+def test_set_overrides_are_yaml_values_applied_before_validation(tmp_path: Path) -> None:
+    config = load_config(
+        _config_file(tmp_path),
+        overrides=[
+            "judge.max_depth=4",
+            "data.features=[V1, Amount]",
+            "features.behavioural=null",
+            "rules.pseudo_label_threshold=3.5",  # inside a section file
+            "evaluation.alerts_per_day=50",
+            "judge.max_depth=5",  # the last one wins
+        ],
+    )
+    assert config.judge.max_depth == 5
+    assert config.data.features == ["V1", "Amount"]
+    assert config.features.behavioural is None
+    assert config.rules.pseudo_label_threshold == 3.5
+    assert config.evaluation.alerts_per_day == 50
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("judge.learning_rte=0.1", "--set judge.learning_rte=0.1: unknown key"),
+        ("judge.max_depth=10**12", "--set judge.max_depth=10**12: Input should be a valid"),
+        ("judge.max_depth=1000", "--set judge.max_depth=1000: Input should be less than"),
+        ("data.features=[V1, 3]", "--set data.features=[V1, 3]: 1: Input should be a valid str"),
+        ("seed.x=1", "--set seed.x=1: 'seed' is not a mapping"),
+        ("judge.max_depth", "--set judge.max_depth: expected key.path=value"),
+        ("judge..x=1", "--set judge..x=1: expected key.path=value"),
+        ("judge.max_depth=[1", "--set judge.max_depth=[1: the value is malformed YAML"),
+    ],
+)
+def test_a_bad_override_is_named(tmp_path: Path, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_config_file(tmp_path), overrides=[override])
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)

@@ -40,6 +40,7 @@ def test_score_has_one_row_per_event_in_input_order(fitted) -> None:
         "reconstruction_error",
         "histogram_score",
         "rules_hit",
+        "clipped",
     ]
     assert scored["score"].between(0, 1).all()
     in_order = detector.score(split.test)

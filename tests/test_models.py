@@ -83,7 +83,9 @@ def test_autoencoder_early_stopping_keeps_best_epoch() -> None:
 
 def test_autoencoder_rejects_corrupt_weights() -> None:
     with pytest.raises(ArtifactError, match="autoencoder.safetensors"):
-        Autoencoder.from_bytes(AutoencoderConfig(), b"not tensors", {"n_inputs": 4})
+        history = [{"epoch": 1, "train_loss": 1.0, "validation_loss": 1.0}]
+        metadata = {"n_inputs": 4, "seed": 0, "history": history}
+        Autoencoder.from_bytes(AutoencoderConfig(), b"not tensors", metadata)
 
 
 def test_judge_learns_weights_imbalance_and_round_trips() -> None:

@@ -57,7 +57,7 @@ def test_simulate_is_deterministic_and_checks_its_arguments(tmp_path: Path) -> N
     frame = pd.read_csv(paths[0])
     assert {"timestamp", "account_id", "is_anomaly", "anomaly_kind"} <= set(frame.columns)
     _fails_with(["simulate", "--out", str(tmp_path / "c.parquet"), "--accounts", "0"], "accounts")
-    _fails_with(["simulate", "--out", str(tmp_path / "c.json")], "unsupported file type")
+    _fails_with(["simulate", "--out", str(tmp_path / "c.json")], "unsupported output type")
     assert not (tmp_path / "c.parquet").exists()
 
 

@@ -186,13 +186,35 @@ class Autoencoder:
     def from_bytes(
         cls, config: AutoencoderConfig, weights: bytes, metadata: dict[str, Any]
     ) -> Autoencoder:
-        model = cls(config, seed=int(metadata.get("seed", 0)))
         try:
-            network = _Network(int(metadata["n_inputs"]), config)
-            network.load_state_dict(load_safetensors(weights))
-        except (KeyError, RuntimeError, ValueError, SafetensorError) as exc:
-            raise ArtifactError(f"autoencoder.safetensors: cannot load weights ({exc})") from None
+            n_inputs = int(metadata["n_inputs"])
+            seed = int(metadata["seed"])
+            history = [
+                {
+                    "epoch": int(entry["epoch"]),
+                    "train_loss": float(entry["train_loss"]),
+                    "validation_loss": float(entry["validation_loss"]),
+                }
+                for entry in metadata["history"]
+            ]
+            if not history:
+                raise ValueError("no training history")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"autoencoder.json: malformed ({exc})") from None
+        try:
+            state = load_safetensors(weights)
+            first = state.get("encoder.0.weight")
+            # checked before the network is built: a forged n_inputs must not allocate it
+            if first is None or first.ndim != 2 or first.shape[1] != n_inputs:
+                raise ValueError(f"the first layer does not take n_inputs = {n_inputs} inputs")
+            network = _Network(n_inputs, config)
+            network.load_state_dict(state)
+        except (RuntimeError, ValueError, SafetensorError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(
+                f"autoencoder.safetensors: cannot load weights ({first_line})"
+            ) from None
         network.eval()
-        model.network_, model.n_inputs_ = network, int(metadata["n_inputs"])
-        model.history_ = list(metadata.get("history", []))
+        model = cls(config, seed=seed)
+        model.network_, model.n_inputs_, model.history_ = network, n_inputs, history
         return model

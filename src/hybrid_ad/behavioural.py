@@ -62,6 +62,11 @@ COMPOSITE_JOIN = "+"
 """Joins the columns of a composite entity key into its feature-name prefix."""
 
 
+MAX_DURATION_SECONDS = 1000 * 7 * 86_400.0
+MAX_LAST_N = 100_000
+"""Each entity keeps its last N events in memory in the live engine."""
+
+
 def parse_duration(spec: str) -> float:
     """Seconds in a duration such as '90s', '30m', '1h', '7d' or '2w'."""
     match = _DURATION.match(spec) if isinstance(spec, str) else None
@@ -70,7 +75,10 @@ def parse_duration(spec: str) -> float:
             f"invalid duration {spec!r}: use a number and a unit s, m, h, d or w "
             "(e.g. '90s', '30m', '1h', '7d')"
         )
-    return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {spec!r} is longer than 1000 weeks")
+    return seconds
 
 
 def _duration_label(spec: str) -> str:
@@ -101,7 +109,7 @@ class LabelRiskConfig(BaseModel):
     risk (1, 7 and 30 days, each known 7 days late). `window: 30d` is short for `windows: [30d]`.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     windows: list[str] = Field(
         default_factory=lambda: ["30d"],
@@ -150,7 +158,7 @@ class LabelRiskConfig(BaseModel):
 class BehaviouralConfig(BaseModel):
     """Declares the behavioural features; both engines derive everything from it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     entity_keys: list[str | list[str]] = Field(
         default_factory=list,
@@ -242,8 +250,8 @@ class BehaviouralConfig(BaseModel):
     @field_validator("last_n")
     @classmethod
     def _valid_last_n(cls, sizes: list[int]) -> list[int]:
-        if any(size < 1 for size in sizes):
-            raise ValueError("every last_n window must hold at least 1 event")
+        if any(size < 1 or size > MAX_LAST_N for size in sizes):
+            raise ValueError(f"every last_n window must hold 1 to {MAX_LAST_N:,} events")
         _unique(sizes, "last_n window")
         return sizes
 

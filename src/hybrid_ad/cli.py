@@ -16,7 +16,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hybrid_ad.artifacts import (
+    check_output_dir,
+    check_output_file,
+    check_publishable,
+    published_outputs,
+)
 from hybrid_ad.config import Config, load_config
+from hybrid_ad.data import check_table_suffix
 from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.progress import ProgressReporter
@@ -44,6 +51,13 @@ OutOption = Annotated[
     Path | None, typer.Option("--out", help="Artifact directory; default: artifacts.out_dir.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a config key, value read as YAML (repeatable): --set judge.max_depth=4",
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +70,9 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except HybridADError as exc:
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # one line whatever a library put in the message
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")
@@ -66,21 +82,31 @@ def _user_errors(command: F) -> F:
 
 
 def _setup(
-    config_path: Path, out: Path | None, quiet: bool
+    config_path: Path, out: Path | None, quiet: bool, overrides: list[str] | None
 ) -> tuple[Config, Path, ProgressReporter]:
-    config = load_config(config_path)
-    return config, out or config.artifacts.out_dir, ProgressReporter(enabled=not quiet)
+    from hybrid_ad import pipeline
+
+    config = load_config(config_path, overrides or ())
+    out_dir = out or config.artifacts.out_dir
+    check_output_dir(out_dir, "--out")
+    check_publishable(out_dir, pipeline.OUTPUTS)
+    return config, out_dir, ProgressReporter(enabled=not quiet)
 
 
 def _trained(
-    config: Path, data: Path | None, out: Path | None, quiet: bool
+    config: Path,
+    data: Path | None,
+    out: Path | None,
+    quiet: bool,
+    overrides: list[str] | None,
+    needs_judge: bool = False,
 ) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
     """What every step after `train-ae` starts from: the data and the detector saved so far."""
     from hybrid_ad import pipeline
 
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, overrides)
     loaded = pipeline.load_data(settings, data)
-    detector = pipeline.load_trained(out_dir, loaded)
+    detector = pipeline.load_trained(out_dir, loaded, needs_judge=needs_judge)
     detector.progress = progress
     return loaded, detector, out_dir, progress
 
@@ -92,11 +118,12 @@ def run(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit every stage, evaluate them on the test split, write the report, save the model."""
     from hybrid_ad import pipeline
 
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, set_)
     metrics = pipeline.run(settings, data, out_dir, progress)
     if metrics is not None:
         _print_summary(metrics, out_dir, quiet)
@@ -109,11 +136,12 @@ def train_ae(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit rules, scaling and the autoencoder; save them to OUT/model (no judge yet)."""
     from hybrid_ad import pipeline
 
-    settings, out_dir, progress = _setup(config, out, quiet)
+    settings, out_dir, progress = _setup(config, out, quiet, set_)
     loaded = pipeline.load_data(settings, data)
     pipeline.train_autoencoder_step(settings, loaded, out_dir, progress)
     progress.log(f"saved label-free stages to {out_dir / pipeline.MODEL_DIR}")
@@ -126,11 +154,12 @@ def embed(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
     from hybrid_ad import pipeline
 
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     for path in pipeline.embed_step(detector, loaded, out_dir):
         progress.log(f"wrote {path}")
 
@@ -142,11 +171,12 @@ def train_judge(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
     from hybrid_ad import pipeline
 
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     pipeline.train_judge_step(detector, loaded, out_dir)
     progress.log(f"saved detector to {out_dir / pipeline.MODEL_DIR}")
 
@@ -158,14 +188,16 @@ def evaluate(
     data: DataOption = None,
     out: OutOption = None,
     quiet: QuietOption = False,
+    set_: SetOption = None,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
     from hybrid_ad import pipeline
 
-    loaded, detector, out_dir, progress = _trained(config, data, out, quiet)
-    metrics = pipeline.evaluate_step(detector, loaded, out_dir, pipeline.Timer(), progress)
-    pipeline.save_evaluated(detector, out_dir, metrics)
-    pipeline.write_metrics(out_dir, metrics)
+    loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_, needs_judge=True)
+    with published_outputs(out_dir, pipeline.OUTPUTS) as stage:
+        metrics = pipeline.evaluate_step(detector, loaded, stage, pipeline.Timer(), progress)
+        pipeline.save_evaluated(detector, stage, metrics)
+        pipeline.write_metrics(stage, metrics)
     _print_summary(metrics, out_dir, quiet)
 
 
@@ -217,6 +249,8 @@ def simulate(
     from hybrid_ad.simulate import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
+    check_output_file(out, "--out")
+    check_table_suffix(out)
     if kind not in ("streaming", "transactions"):
         raise InputError(f"--kind: expected streaming or transactions, got {kind!r}")
     owners = {

@@ -6,8 +6,9 @@ relative to the config file (`rules: rules.yaml`), so each step can keep its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,12 +17,17 @@ from hybrid_ad.behavioural import BehaviouralConfig
 from hybrid_ad.errors import ConfigError, format_validation_error
 
 SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
+MAX_WIDTH = 4096
+"""Widest autoencoder layer: a [1e8] layer allocated 19 GB in a minute."""
+MAX_THREADS = 256
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, not silently ignored."""
+    """Base for every config model: unknown keys are errors, not silently ignored, and numbers
+    are finite (every numeric key also has a range: a typo like `max_depth: 1e12` is refused
+    before any work, not after an hour of training or a 20 GB allocation)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SplitConfig(StrictModel):
@@ -84,7 +90,7 @@ class QuantileRef(StrictModel):
 class MeanPlusStdRef(StrictModel):
     """A threshold learned from the training split: mean + k standard deviations."""
 
-    mean_plus_std: float
+    mean_plus_std: float = Field(ge=-1e6, le=1e6)
 
 
 class Threshold(StrictModel):
@@ -97,15 +103,15 @@ class ZScore(StrictModel):
     """|z| of one feature (training mean and std) above a bound."""
 
     feature: str
-    abs_above: float = Field(gt=0)
+    abs_above: float = Field(gt=0, le=1e6)
 
 
 class CountExtreme(StrictModel):
     """At least `at_least` of the named features have |z| above `abs_z_above`."""
 
     features: list[str] = Field(min_length=1, description="names or glob patterns")
-    abs_z_above: float = Field(gt=0)
-    at_least: int = Field(ge=1)
+    abs_z_above: float = Field(gt=0, le=1e6)
+    at_least: int = Field(ge=1, le=100_000)
 
 
 class HourOfDay(StrictModel):
@@ -126,7 +132,7 @@ class Condition(StrictModel):
     any: list[Condition] | None = Field(None, min_length=1)
     not_: Condition | None = Field(None, alias="not")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Condition:
@@ -139,7 +145,7 @@ class Condition(StrictModel):
 
 class Rule(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=1e6)
     reason: str = Field(min_length=1)
     when: Condition
 
@@ -147,7 +153,7 @@ class Rule(StrictModel):
 class RulesConfig(StrictModel):
     """Domain rules; an event whose summed hit weight reaches the threshold is pseudo-anomalous."""
 
-    pseudo_label_threshold: float = Field(2.0, gt=0)
+    pseudo_label_threshold: float = Field(2.0, gt=0, le=1e6)
     rules: list[Rule] = Field(min_length=1)
 
     @field_validator("rules")
@@ -174,7 +180,9 @@ class FeaturesConfig(StrictModel):
         "weekend = Saturday or Sunday, night = hour in night_hours",
     )
     night_hours: HourOfDay = Field(default_factory=lambda: HourOfDay(start=0, end=6))
-    extreme_z: float = Field(3.0, gt=0, description="|z| above which a component is extreme")
+    extreme_z: float = Field(
+        3.0, gt=0, le=1e6, description="|z| above which a component is extreme"
+    )
     behavioural: BehaviouralConfig | None = Field(
         None,
         description="features of each event against its entity's history (docs/"
@@ -196,27 +204,22 @@ class AutoencoderConfig(StrictModel):
         description="which model inputs the autoencoder sees: feature columns, behavioural "
         "features and hour_sin / hour_cos, by name or glob",
     )
-    hidden_layers: list[int] = Field(default_factory=lambda: [64, 32])
-    latent_dim: int = Field(16, ge=1)
+    hidden_layers: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [64, 32], max_length=16
+    )
+    latent_dim: int = Field(16, ge=1, le=MAX_WIDTH)
     activation: Literal["relu", "tanh", "gelu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(1024, ge=1)
-    max_epochs: int = Field(40, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without validation improvement")
+    learning_rate: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-5, ge=0, le=10)
+    batch_size: int = Field(1024, ge=1, le=1 << 20)
+    max_epochs: int = Field(40, ge=1, le=10_000)
+    patience: int = Field(5, ge=1, le=10_000, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
     threads: int = Field(
-        1, ge=1, description="torch threads; small dense layers run fastest on one"
+        1, ge=1, le=MAX_THREADS, description="torch threads; small dense layers run fastest on one"
     )
-
-    @field_validator("hidden_layers")
-    @classmethod
-    def _positive_widths(cls, widths: list[int]) -> list[int]:
-        if any(width < 1 for width in widths):
-            raise ValueError("every hidden layer width must be at least 1")
-        return widths
 
 
 class PseudoLabelConfig(StrictModel):
@@ -255,26 +258,26 @@ class PseudoLabelConfig(StrictModel):
 
 class JudgeConfig(StrictModel):
     label_source: Literal["pseudo", "truth"] = "pseudo"
-    n_estimators: int = Field(600, ge=1)
+    n_estimators: int = Field(600, ge=1, le=100_000)
     learning_rate: float = Field(0.05, gt=0, le=1)
-    max_depth: int = Field(6, ge=1)
-    min_child_weight: float = Field(1.0, ge=0)
+    max_depth: int = Field(6, ge=1, le=24)
+    min_child_weight: float = Field(1.0, ge=0, le=1e6)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
-    reg_lambda: float = Field(1.0, ge=0)
-    early_stopping_rounds: int = Field(50, ge=1)
+    reg_lambda: float = Field(1.0, ge=0, le=1e6)
+    early_stopping_rounds: int = Field(50, ge=1, le=100_000)
     eval_metric: Literal["logloss", "aucpr"] = Field(
         "logloss", description="validation metric for early stopping"
     )
-    scale_pos_weight: float | Literal["auto"] = "auto"
-    threads: int = Field(2, ge=1)
+    scale_pos_weight: Annotated[float, Field(gt=0, le=1e6)] | Literal["auto"] = "auto"
+    threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
 
 
 class EvaluationConfig(StrictModel):
     """How alerts are decided and how every stage is measured on the test split."""
 
-    precision_at_k: int = Field(100, ge=1)
+    precision_at_k: int = Field(100, ge=1, le=10_000_000)
     threshold_policy: Literal["alert_budget", "best_f1"] = Field(
         "alert_budget",
         description="alert_budget: the score giving the analysts' capacity of alerts on "
@@ -282,7 +285,7 @@ class EvaluationConfig(StrictModel):
         "(truth mode only)",
     )
     alerts_per_day: float | None = Field(
-        None, gt=0, description="analyst capacity in alerts per day of event time"
+        None, gt=0, le=1e9, description="analyst capacity in alerts per day of event time"
     )
     alert_rate: float = Field(
         0.01, gt=0, lt=1, description="share of events alerted when alerts_per_day is not set"
@@ -298,7 +301,7 @@ class ArtifactsConfig(StrictModel):
 
 
 class Config(StrictModel):
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
     rules: RulesConfig
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -401,11 +404,54 @@ def config_from_dict(raw: Any, source: str = "<config>") -> Config:
         raise ConfigError(format_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read `config.yaml`, inline any per-step section files, and validate the whole.
+def parse_override(override: str) -> tuple[tuple[str, ...], Any]:
+    """`judge.max_depth=4` -> (("judge", "max_depth"), 4); the value is read as YAML."""
+    key, equals, text = override.partition("=")
+    path = tuple(key.strip().split("."))
+    if not equals or not all(path):
+        raise ConfigError(f"--set {override}: expected key.path=value (judge.max_depth=4)")
+    try:
+        return path, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {override}: the value is malformed YAML ({problem})") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Set each `key.path=value` in the raw config mapping, creating sections as needed."""
+    for override in overrides:
+        path, value = parse_override(override)
+        mapping = raw
+        for depth, part in enumerate(path[:-1]):
+            child = mapping.setdefault(part, {})
+            if child is None:
+                child = mapping[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {override}: '{where}' is not a mapping of keys")
+            mapping = child
+        mapping[path[-1]] = value
+
+
+def _override_error(overrides: Sequence[str], error: ValidationError) -> ConfigError | None:
+    """The error against the override that set the offending key, if one did."""
+    first = error.errors()[0]
+    loc = tuple(str(part) for part in first["loc"])
+    for override in reversed(overrides):
+        path, _ = parse_override(override)
+        if loc[: len(path)] == path:
+            message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+            inner = ".".join(loc[len(path) :])
+            return ConfigError(f"--set {override}: {inner + ': ' if inner else ''}{message}")
+    return None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read `config.yaml`, inline any per-step section files, apply `--set` overrides
+    (`judge.max_depth=4`), and validate the whole.
 
     A problem inside a section file is reported against that file, with the key path
-    inside it.
+    inside it; a problem in an override names the override.
     """
     path = Path(path)
     raw = _read_yaml(path)
@@ -421,9 +467,13 @@ def load_config(path: str | Path) -> Config:
                 raise ConfigError(f"{section_path}: expected a mapping for section '{section}'")
             raw[section] = section_raw
             section_files[section] = section_path
+    apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
+        override_error = _override_error(overrides, exc)
+        if override_error is not None:
+            raise override_error from None
         loc = exc.errors()[0]["loc"]
         if loc and loc[0] in section_files:
             source = f"{section_files[loc[0]]}"

@@ -6,7 +6,9 @@ command line can print one line instead of a traceback.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import gzip
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -20,6 +22,11 @@ from hybrid_ad.config import DataConfig, SplitConfig
 from hybrid_ad.errors import InputError
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+OTHER_DELIMITERS = (";", "\t", "|")
+MAX_TRAINING_MAGNITUDE = 1e15
+"""Largest |value| training accepts: past float64's exact integers, far past any amount or
+count, and small enough that squares and sums stay finite. Beyond it a value is a data error
+(a sentinel such as 1e20 or 1e308); scoring clips such values instead (`FeatureBuilder`)."""
 EVENT_SECONDS = "_event_seconds"
 """Column holding the timestamp as float seconds, added by `validate_events`."""
 
@@ -39,16 +46,42 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
         else:
+            _check_csv_header(path)
             frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
     except (EOFError, zlib.error, OSError) as exc:
         raise InputError(f"{path}: file is truncated or corrupt ({_first_line(exc)})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pyarrow.ArrowException) as exc:
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, pyarrow.ArrowException) as exc:
         raise InputError(f"{path}: cannot parse ({_first_line(exc)})") from None
     if frame.empty:
         raise InputError(f"{path}: no data rows")
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse what pandas would misread: another delimiter (one wide column), or a repeated
+    name (pandas renames the second `V3` to `V3.1` and it would be trained on)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", newline="") as stream:
+        header = next(csv.reader(stream), [])
+    if len(header) == 1:
+        for delimiter in OTHER_DELIMITERS:
+            if delimiter in header[0]:
+                shown = header[0] if len(header[0]) <= 40 else header[0][:37] + "..."
+                raise InputError(
+                    f"{path}: the header is one column, {shown!r}, with {delimiter!r} inside it; "
+                    f"the file looks {delimiter!r}-separated, and hybrid-ad reads comma-separated "
+                    "CSV"
+                )
+    _refuse_duplicates(header, str(path))
+
+
+def _refuse_duplicates(columns: list[str], source: str) -> None:
+    duplicated = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))
+    if duplicated:
+        names = ", ".join(f"'{name}'" for name in duplicated)
+        raise InputError(f"{source}: duplicated column {names} in the header")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -74,7 +107,8 @@ def feature_columns(frame: pd.DataFrame, config: DataConfig, source: str) -> lis
     return resolve_columns(config.features, candidates, source)
 
 
-def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+def numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """A column as finite float64; a text or missing value is an error naming the row."""
     values = frame[column]
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         coerced = pd.to_numeric(values, errors="coerce")
@@ -98,6 +132,23 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> np.ndarray
     return array
 
 
+def check_training_range(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Refuse a training value beyond `MAX_TRAINING_MAGNITUDE`, naming its column and row."""
+    for column in columns:
+        values = frame[column].to_numpy(np.float64)
+        beyond = ~(np.abs(values) <= MAX_TRAINING_MAGNITUDE)
+        if beyond.any():
+            position = int(np.argmax(beyond))
+            label = frame.index[position]
+            row = (
+                f"data row {label + 1}" if isinstance(label, int | np.integer) else f"row {label!r}"
+            )
+            raise InputError(
+                f"{source}: column '{column}' has {values[position]:g} at {row}, beyond the "
+                f"±{MAX_TRAINING_MAGNITUDE:g} training accepts"
+            )
+
+
 def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.ndarray:
     """The timestamp column as float seconds (epoch seconds for date-times)."""
     column = config.timestamp
@@ -116,7 +167,7 @@ def event_seconds(frame: pd.DataFrame, config: DataConfig, source: str) -> np.nd
             )
         nanos = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64)
         return nanos.astype(np.float64) / 1e9
-    seconds = _numeric_column(frame, column, source)
+    seconds = numeric_column(frame, column, source)
     return seconds / 1000.0 if config.timestamp_unit == "ms" else seconds
 
 
@@ -129,6 +180,7 @@ def validate_events(
     (when present) int8, and `EVENT_SECONDS` is added. Validating a validated frame is a no-op,
     so every entry point can call this without tracking what was checked before.
     """
+    _refuse_duplicates([str(name) for name in frame.columns], source)
     required = [config.timestamp, *config.entity_keys]
     if require_label:
         if config.label is None:
@@ -140,10 +192,10 @@ def validate_events(
     columns = feature_columns(frame, config, source)
     result = frame.copy(deep=False)  # copy-on-write: a deep copy would only duplicate memory
     for column in columns:
-        result[column] = _numeric_column(frame, column, source)
+        result[column] = numeric_column(frame, column, source)
     result[EVENT_SECONDS] = event_seconds(frame, config, source)
     if config.label is not None and config.label in frame.columns:
-        labels = _numeric_column(frame, config.label, source)
+        labels = numeric_column(frame, config.label, source)
         is_binary = np.isin(labels, (0.0, 1.0))
         if not is_binary.all():
             row = int(np.argmin(is_binary))
@@ -216,14 +268,19 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
     path = Path(path)
     name = path.name.lower()
+    check_table_suffix(path)
     if name.endswith((".parquet", ".pq")):
         atomic_write_with(path, lambda temp: frame.to_parquet(temp, index=False))
-    elif name.endswith((".csv", ".csv.gz")):
+    else:
         compression = "gzip" if name.endswith(".gz") else None
         atomic_write_with(
             path, lambda temp: frame.to_csv(temp, index=False, compression=compression)
         )
-    else:
+
+
+def check_table_suffix(path: Path) -> None:
+    """Refuse an output name `write_table` cannot write, before the work that fills it."""
+    if not path.name.lower().endswith(SUPPORTED_SUFFIXES):
         kinds = ", ".join(SUPPORTED_SUFFIXES)
         raise InputError(f"{path}: unsupported output type; use one of {kinds}")
 
@@ -257,7 +314,7 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
     block[:, 0] = event_seconds(frame, config, source) + 0.0
     for position, column in enumerate(features, start=1):
-        block[:, position] = _numeric_column(frame, column, source) + 0.0
+        block[:, position] = numeric_column(frame, column, source) + 0.0
     width = block.shape[1] * 8
     rows = memoryview(np.ascontiguousarray(block)).cast("B")
     keys = _netstrings(frame, config.entity_keys, source)

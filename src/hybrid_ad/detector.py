@@ -25,7 +25,7 @@ from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.autoencoder import Autoencoder
 from hybrid_ad.behavioural_live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.data import EVENT_SECONDS, validate_events
+from hybrid_ad.data import EVENT_SECONDS, check_training_range, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
@@ -94,7 +94,14 @@ class Detector:
     def fit_unsupervised(self, frame: Events, validation: Events) -> Detector:
         """Fit scaler, rules, autoencoder and histogram detector. Never reads the label column."""
         self.feature_columns_ = None
-        train = self._unlabelled(self._events(frame, "training data"))
+        train = self._events(frame, "training data")
+        behavioural = self.config.features.behavioural
+        check_training_range(
+            train,
+            [*(self.feature_columns_ or []), *(behavioural.values if behavioural else [])],
+            frame.source if isinstance(frame, PreparedEvents) else "training data",
+        )
+        train = self._unlabelled(train)
         held_out = self._unlabelled(self._events(validation, "validation data", history=frame))
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
@@ -225,6 +232,7 @@ class Detector:
         result["reconstruction_error"] = outputs.reconstruction_error
         result["histogram_score"] = outputs.histogram
         result["rules_hit"] = outputs.rules.hit_names()
+        result["clipped"] = outputs.features.clipped_names()
         return result
 
     def explain(
@@ -385,10 +393,20 @@ class Detector:
             )
         if self.feature_columns_ is None:
             self.feature_columns_ = prepared.feature_columns
-        elif prepared.feature_columns != self.feature_columns_:
+        elif set(prepared.feature_columns) != set(self.feature_columns_):
+            # matched by name: the model reads its columns by name, in its own order
+            missing = [
+                name for name in self.feature_columns_ if name not in prepared.feature_columns
+            ]
+            extra = [name for name in prepared.feature_columns if name not in self.feature_columns_]
+            differences = [
+                f"{kind} {', '.join(repr(name) for name in names)}"
+                for kind, names in (("missing", missing), ("extra", extra))
+                if names
+            ]
             raise InputError(
                 f"{prepared.source}: feature columns differ from the ones the model was fitted "
-                f"on (expected {len(self.feature_columns_)}, got {len(prepared.feature_columns)})"
+                f"on: {'; '.join(differences)}"
             )
         return prepared.frame
 
@@ -465,25 +483,38 @@ class Detector:
             config = config_from_dict(_json(files, "config.json"), f"{directory}/config.json")
             state = _json(files, "detector.json")
             detector = cls(config, progress)
-            detector.feature_columns_ = list(state["feature_columns"])
+            detector.feature_columns_ = [str(name) for name in state["feature_columns"]]
             detector.judge_uses_autoencoder_ = bool(state["judge_uses_autoencoder"])
-            detector.threshold_ = state["threshold"]
+            threshold = state["threshold"]
+            detector.threshold_ = None if threshold is None else _finite(threshold)
             detector.autoencoder_inputs_ = [int(i) for i in state["autoencoder_inputs"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}/detector.json: malformed ({exc})") from None
         detector.features_ = FeatureBuilder.from_dict(
             config.features, _json(files, "features.json")
         )
+        if detector.features_.columns_ != detector.feature_columns_:
+            raise ArtifactError(
+                f"{directory}/features.json: scaler columns differ from detector.json's"
+            )
         detector.rules_ = RuleSet.from_dict(config.rules, _json(files, "rules.json"))
         detector.autoencoder_ = Autoencoder.from_bytes(
             config.autoencoder,
             _file(files, "autoencoder.safetensors"),
             _json(files, "autoencoder.json"),
         )
+        chosen = detector.autoencoder_inputs_
+        if not chosen or any(not 0 <= i < detector.features_.n_scaled for i in chosen):
+            raise ArtifactError(f"{directory}/detector.json: autoencoder_inputs out of range")
+        if detector.autoencoder_.n_inputs_ != len(chosen):
+            raise ArtifactError(
+                f"{directory}/autoencoder.json: {detector.autoencoder_.n_inputs_} inputs, "
+                f"but detector.json's autoencoder_inputs name {len(chosen)}"
+            )
         label_free = _json(files, "label_free.json")
         if not isinstance(label_free, dict) or not isinstance(label_free.get("tail_scales"), dict):
             raise ArtifactError(f"{directory}/label_free.json: malformed")
-        n_scaled = detector.features_.n_scaled_inputs
+        n_scaled = detector.features_.n_scaled
         detector.histogram_ = HistogramDetector.from_dict(label_free.get("histogram"), n_scaled)
         scales = label_free["tail_scales"]
         missing = [name for name in SIGNALS if name not in scales]
@@ -595,8 +626,18 @@ def _file(files: dict[str, bytes], name: str) -> bytes:
     return files[name]
 
 
-def _json(files: dict[str, bytes], name: str) -> Any:
+def _json(files: dict[str, bytes], name: str) -> dict[str, Any]:
     try:
-        return json.loads(_file(files, name))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = json.loads(_file(files, name))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{name}: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{name}: expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _finite(value: Any) -> float:
+    """A number from a model file; bool, text and NaN are malformed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)

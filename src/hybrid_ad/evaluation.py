@@ -70,6 +70,33 @@ def daily_precision(
     return (float(np.mean(shares)) if shares else None), len(shares)
 
 
+def undefined_metrics(
+    validation_labels: np.ndarray, test_labels: np.ndarray, config: EvaluationConfig
+) -> list[str]:
+    """One sentence per part whose labels leave metrics undefined (a tiny or one-class file)."""
+    messages = []
+    if config.threshold_policy == "best_f1" and not 0 < validation_labels.sum() < len(
+        validation_labels
+    ):
+        messages.append(
+            f"validation part ({len(validation_labels)} rows) has no positive label or no "
+            "negative one: best-F1 thresholds are undefined, so every stage falls back to "
+            f"evaluation.alert_rate ({config.alert_rate:g})"
+        )
+    positives = int(test_labels.sum())
+    if positives == 0:
+        messages.append(
+            f"test part ({len(test_labels)} rows) has no positive label: ROC AUC, average "
+            "precision, recall and the operating point are undefined (n/a)"
+        )
+    elif positives == len(test_labels):
+        messages.append(
+            f"test part ({len(test_labels)} rows) has no negative label: ROC AUC, average "
+            "precision and the false-positive rate are undefined (n/a)"
+        )
+    return messages
+
+
 def precision_at_k(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
     """Share of true anomalies among the k highest scores (ties broken by position)."""
     k = min(k, len(scores))

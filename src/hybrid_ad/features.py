@@ -118,6 +118,13 @@ class FeatureMatrix:
     scaled_names: list[str]
     engineered: np.ndarray  # (n, e) float32: extra judge input
     engineered_names: list[str]
+    clipped: np.ndarray  # (n, c) bool: which input column was clipped to the training range
+    clipped_columns: list[str]
+
+    def clipped_names(self) -> list[str]:
+        """For each event, the input columns clipped to the training range, ';'-joined."""
+        names = np.array(self.clipped_columns, dtype=object)
+        return [";".join(names[row]) for row in self.clipped]
 
 
 class FeatureBuilder:
@@ -126,6 +133,10 @@ class FeatureBuilder:
     log1p (keeping the sign) goes first where asked, and always for behavioural features:
     counts, sums and gaps are heavy-tailed. Behavioural features join the autoencoder's input,
     except the delayed-label ones, which only the judge sees.
+
+    A value far outside the training range (one 1e20 in a file) is clipped to that range
+    widened by its own width (at least one standard deviation) on each side, and flagged:
+    it still stands out, and float32 model arithmetic stays finite.
     """
 
     def __init__(self, config: FeaturesConfig) -> None:
@@ -135,6 +146,8 @@ class FeatureBuilder:
         self.judge_only_: list[str] = []
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None
+        self.low_: np.ndarray | None = None
+        self.high_: np.ndarray | None = None
 
     def fit(self, frame: pd.DataFrame, columns: list[str]) -> FeatureBuilder:
         """Learn per-column mean and standard deviation from the training rows only."""
@@ -152,6 +165,7 @@ class FeatureBuilder:
         std = raw.std(axis=0)
         self.mean_ = raw.mean(axis=0)
         self.std_ = np.where(std > 0, std, 1.0)
+        self.low_, self.high_ = raw.min(axis=0), raw.max(axis=0)
         return self
 
     def _all_columns(self) -> list[str]:
@@ -174,7 +188,12 @@ class FeatureBuilder:
         """Scaled inputs plus the engineered summaries, for any number of events."""
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.transform called before fit")
-        z_all = (self._raw(frame) - self.mean_) / self.std_
+        assert self.low_ is not None and self.high_ is not None
+        raw = self._raw(frame)
+        margin = np.maximum(self.high_ - self.low_, self.std_)
+        low, high = self.low_ - margin, self.high_ + margin
+        clipped = (raw < low) | (raw > high)
+        z_all = (np.clip(raw, low, high) - self.mean_) / self.std_
         n_base, n_behavioural = len(self.columns_), len(self.behavioural_)
         z = z_all[:, :n_base]
         scaled_parts = [z, z_all[:, n_base : n_base + n_behavioural]]
@@ -203,14 +222,15 @@ class FeatureBuilder:
             scaled_names=scaled_names,
             engineered=engineered.astype(np.float32),
             engineered_names=["n_extreme_components", "max_abs_z", "rms_z", *self.judge_only_],
+            clipped=clipped,
+            clipped_columns=self._all_columns(),
         )
 
     @property
-    def n_scaled_inputs(self) -> int:
-        """Width of `FeatureMatrix.scaled`: columns, behavioural features, hour of day."""
-        if self.columns_ is None:
-            raise RuntimeError("FeatureBuilder.n_scaled_inputs read before fit")
-        return len(self.columns_) + len(self.behavioural_) + (2 if self.config.hour_of_day else 0)
+    def n_scaled(self) -> int:
+        """Width of `transform(...).scaled`: the autoencoder's input."""
+        hour = 2 if self.config.hour_of_day else 0
+        return len(self.columns_ or ()) + len(self.behavioural_) + hour
 
     def to_dict(self) -> dict[str, Any]:
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
@@ -221,6 +241,8 @@ class FeatureBuilder:
             "judge_only": self.judge_only_,
             "mean": self.mean_.tolist(),
             "std": self.std_.tolist(),
+            "low": None if self.low_ is None else self.low_.tolist(),
+            "high": None if self.high_ is None else self.high_.tolist(),
         }
 
     @classmethod
@@ -232,14 +254,23 @@ class FeatureBuilder:
             judge_only = [str(name) for name in payload["judge_only"]]
             mean = np.asarray(payload["mean"], dtype=np.float64)
             std = np.asarray(payload["std"], dtype=np.float64)
+            low = np.asarray(payload["low"], dtype=np.float64)
+            high = np.asarray(payload["high"], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             raise ArtifactError("features.json: malformed scaler") from None
         expected = None if config.behavioural is None else feature_names(config.behavioural)
         if sorted(behavioural + judge_only) != sorted(expected or []):
             raise ArtifactError("features.json: behavioural features do not match the config")
         width = len(columns) + len(behavioural) + len(judge_only)
-        if not (width == len(mean) == len(std)) or not np.all(std > 0):
+        if (
+            any(array.ndim != 1 for array in (mean, std, low, high))
+            or not (width == len(mean) == len(std) == len(low) == len(high))
+            or not np.all(np.isfinite(mean))
+            or not np.all((std > 0) & np.isfinite(std))
+            or not np.all(np.isfinite(low) & np.isfinite(high) & (low <= high))
+        ):
             raise ArtifactError("features.json: scaler shapes or values are inconsistent")
         builder.columns_, builder.mean_, builder.std_ = columns, mean, std
+        builder.low_, builder.high_ = low, high
         builder.behavioural_, builder.judge_only_ = behavioural, judge_only
         return builder

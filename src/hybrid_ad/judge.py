@@ -6,6 +6,7 @@ embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -94,7 +95,11 @@ class Judge:
         booster = self._fitted()
         booster.set_param({"nthread": threads or self.config.threads})
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds()).astype(np.float64)
+        try:
+            return booster.predict(matrix, iteration_range=self._rounds()).astype(np.float64)
+        except xgb.core.XGBoostError as exc:  # a loaded judge.json that does not fit its inputs
+            first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
+            raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
 
     def contributions(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Per-input contributions to the log-odds (TreeSHAP), (n, d + 1), the bias last: each
@@ -136,8 +141,10 @@ class Judge:
     # -- persistence --------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """XGBoost's own JSON model format (no pickle)."""
-        return bytes(self._fitted().save_raw(raw_format="json"))
+        """XGBoost's own JSON model format (no pickle), with the imbalance weight it used."""
+        booster = self._fitted()
+        booster.set_attr(scale_pos_weight=repr(self.scale_pos_weight_))
+        return bytes(booster.save_raw(raw_format="json"))
 
     @classmethod
     def from_bytes(cls, config: JudgeConfig, data: bytes, seed: int = 0) -> Judge:
@@ -146,9 +153,17 @@ class Judge:
         try:
             booster.load_model(bytearray(data))
         except xgb.core.XGBoostError as exc:
-            raise ArtifactError(f"judge.json: cannot load model ({str(exc)[:200]})") from None
+            first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
+            raise ArtifactError(f"judge.json: cannot load model ({first_line[:200]})") from None
         judge.booster_ = booster
         judge.feature_names_ = list(booster.feature_names or [])
+        try:
+            weight = float(booster.attr("scale_pos_weight") or "")
+        except ValueError:
+            weight = math.nan
+        if not 0 < weight < math.inf:
+            raise ArtifactError("judge.json: missing or malformed scale_pos_weight attribute")
+        judge.scale_pos_weight_ = weight
         return judge
 
 

@@ -16,12 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.artifacts import atomic_write_json, atomic_write_with
+from hybrid_ad.artifacts import (
+    atomic_write_json,
+    atomic_write_with,
+    check_output_file,
+    published_outputs,
+)
 from hybrid_ad.config import Config
 from hybrid_ad.data import (
     EVENT_ID,
     EVENT_SECONDS,
     Split,
+    check_table_suffix,
     event_ids,
     file_sha256,
     read_table,
@@ -36,6 +42,7 @@ from hybrid_ad.evaluation import (
     operating_point,
     recall_by_kind,
     stage_metrics,
+    undefined_metrics,
 )
 from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.progress import ProgressReporter
@@ -44,6 +51,8 @@ from hybrid_ad.report import write_report
 MODEL_DIR = "model"
 REPORTS_DIR = "reports"
 EMBEDDINGS_DIR = "embeddings"
+OUTPUTS = (MODEL_DIR, REPORTS_DIR)
+"""What a run or a step publishes together (`artifacts.published_outputs`)."""
 SCORE_CHUNK = 50_000
 TOP_ALERTS = 20
 
@@ -94,7 +103,8 @@ def train_autoencoder_step(
     detector = Detector(config, progress)
     detector.fit_unsupervised(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
-    detector.save(out_dir / MODEL_DIR)
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        detector.save(stage / MODEL_DIR)
     return detector
 
 
@@ -112,7 +122,8 @@ def embed_step(detector: Detector, data: LoadedData, out_dir: Path) -> list[Path
 def train_judge_step(detector: Detector, data: LoadedData, out_dir: Path) -> Detector:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
     detector.fit_judge(data.part("train"), data.part("validation"))
-    detector.save(out_dir / MODEL_DIR)
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        detector.save(stage / MODEL_DIR)
     return detector
 
 
@@ -154,6 +165,9 @@ def evaluate_step(
             "daily_precision": per_day,
             "days_with_alerts": days,
         }
+    warnings = undefined_metrics(validation_labels, test_labels, config.evaluation)
+    for message in warnings:
+        progress.warn(message)
     learned = {"autoencoder", "histogram", "judge", "judge_without_autoencoder"}
     metrics = {
         "stages": stages,
@@ -169,6 +183,7 @@ def evaluate_step(
         "training": detector.training_summary(),
         "seed": config.seed,
         "timings_s": timer.timings,
+        "warnings": warnings,
     }
     reports = out_dir / REPORTS_DIR
     if config.evaluation.report:
@@ -256,27 +271,40 @@ def run(
         detector.fit_judge(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
     label = config.data.label
-    if label is None or label not in split.test.columns:
-        progress.log(f"{data.path}: no label column, so evaluation is skipped; model saved")
+    with published_outputs(out_dir, OUTPUTS) as stage:
+        if label is None or label not in split.test.columns:
+            progress.log(f"{data.path}: no label column, so evaluation is skipped; model saved")
+            with timer.step("save"):
+                detector.save(stage / MODEL_DIR)
+            return None
+        metrics = evaluate_step(detector, data, stage, timer, progress)
         with timer.step("save"):
-            detector.save(out_dir / MODEL_DIR)
-        return None
-    metrics = evaluate_step(detector, data, out_dir, timer, progress)
-    with timer.step("save"):
-        save_evaluated(detector, out_dir, metrics)
-    write_metrics(out_dir, metrics)
+            save_evaluated(detector, stage, metrics)
+        write_metrics(stage, metrics)
     return metrics
 
 
-def load_trained(out_dir: Path, data: LoadedData | None = None) -> Detector:
+def load_trained(
+    out_dir: Path, data: LoadedData | None = None, needs_judge: bool = False
+) -> Detector:
     """Load the detector saved by an earlier step, checking it was trained on this data."""
     detector = Detector.load(out_dir / MODEL_DIR)
+    if needs_judge:
+        require_judge(detector, out_dir / MODEL_DIR)
     if data is not None and detector.data_sha256_ not in (None, data.sha256):
         raise ArtifactError(
             f"{data.path}: not the data the model in {out_dir / MODEL_DIR} was trained on "
             "(sha256 differs); pass the same --data"
         )
     return detector
+
+
+def require_judge(detector: Detector, model_dir: Path) -> None:
+    """A model saved by `train-ae` alone cannot score: say which step is missing."""
+    if detector.judge_ is None:
+        raise ArtifactError(
+            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
+        )
 
 
 def save_evaluated(detector: Detector, out_dir: Path, metrics: dict[str, Any]) -> None:
@@ -296,7 +324,14 @@ def score_file(
     The file is its own behavioural history: features are computed over all of it once, then
     the models score it in chunks.
     """
+    check_output_file(output_path, "--output")
+    check_table_suffix(output_path)
+    if output_path.resolve() == input_path.resolve() or (
+        output_path.exists() and input_path.exists() and output_path.samefile(input_path)
+    ):
+        raise InputError(f"--output {output_path}: is the input file; write the scores elsewhere")
     detector = Detector.load(model_dir)
+    require_judge(detector, model_dir)
     raw = read_table(input_path)
     ids = event_ids(raw, detector.config.data, str(input_path))
     events = prepare_events(raw, detector.config, str(input_path))

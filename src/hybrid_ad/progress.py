@@ -53,5 +53,9 @@ class ProgressReporter:
         if self.enabled:
             self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
+    def warn(self, message: str) -> None:
+        """One plain `warning:` line, shown even when quiet: the result is valid but partial."""
+        self.console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
 
 QUIET = ProgressReporter(enabled=False)

@@ -13,8 +13,6 @@ import io
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from hybrid_ad.artifacts import atomic_write_bytes
 
 DPI = 110
 TOP_FEATURES = 25
@@ -189,7 +189,7 @@ def write_report(
         title, metrics, images, feature_importance, labelled=y is not None, top_alerts=top_alerts
     )
     index = reports_dir / "index.html"
-    _write_atomic(index, page.encode("utf-8"))
+    atomic_write_bytes(index, page.encode("utf-8"))
     return index
 
 
@@ -447,25 +447,12 @@ def _importance_plot(importance: Mapping[str, float]) -> Figure | None:
 # --- files -------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp makes the file private; a report is for sharing
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _save_png(figure: Figure, path: Path) -> bytes:
     """Render once, keep the bytes for embedding, and write them atomically."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     data = buffer.getvalue()
-    _write_atomic(path, data)
+    atomic_write_bytes(path, data)
     return data
 
 

@@ -21,7 +21,7 @@ from hybrid_ad.config import (
     QuantileRef,
     RulesConfig,
 )
-from hybrid_ad.data import EVENT_SECONDS, resolve_columns
+from hybrid_ad.data import EVENT_SECONDS, numeric_column, resolve_columns
 from hybrid_ad.errors import ArtifactError, InputError
 
 SECONDS_PER_DAY = 86_400.0
@@ -105,13 +105,13 @@ class RuleSet:
                 key = _quantile_key(spec.feature, spec.value.quantile)
                 stats[key] = float(np.quantile(values, spec.value.quantile))
             elif isinstance(spec.value, MeanPlusStdRef):
-                _learn_moments(values, spec.feature, stats)
+                _learn_moments(values, spec.feature, stats, rule)
         elif condition.zscore is not None:
             feature = condition.zscore.feature
-            _learn_moments(_column(frame, feature, rule), feature, stats)
+            _learn_moments(_column(frame, feature, rule), feature, stats, rule)
         elif condition.count_extreme is not None:
             for feature in _expand(condition.count_extreme.features, frame, rule):
-                _learn_moments(frame[feature].to_numpy(np.float64), feature, stats)
+                _learn_moments(_column(frame, feature, rule), feature, stats, rule)
         else:
             for child in _children(condition):
                 self._learn(child, frame, stats, rule)
@@ -146,7 +146,7 @@ class RuleSet:
             spec = condition.threshold
             values = _column(frame, spec.feature, rule)
             if isinstance(spec.value, QuantileRef):
-                bound = stats[_quantile_key(spec.feature, spec.value.quantile)]
+                bound = _learned(stats, _quantile_key(spec.feature, spec.value.quantile))
             elif isinstance(spec.value, MeanPlusStdRef):
                 mean, std = _moments(stats, spec.feature)
                 bound = mean + spec.value.mean_plus_std * std
@@ -162,9 +162,7 @@ class RuleSet:
             count = np.zeros(len(frame), dtype=np.int64)
             for feature in _expand(spec_c.features, frame, rule):
                 mean, std = _moments(stats, feature)
-                count += (
-                    np.abs(frame[feature].to_numpy(np.float64) - mean) / std > spec_c.abs_z_above
-                )
+                count += np.abs(_column(frame, feature, rule) - mean) / std > spec_c.abs_z_above
             return count >= spec_c.at_least
         if condition.hour_of_day is not None:
             hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
@@ -202,7 +200,12 @@ class RuleSet:
         statistics = payload.get("statistics")
         if not isinstance(statistics, dict):
             raise ArtifactError("rules.json: missing learned statistics")
-        ruleset.statistics_ = {str(k): float(v) for k, v in statistics.items()}
+        try:
+            ruleset.statistics_ = {str(k): float(v) for k, v in statistics.items()}
+        except (TypeError, ValueError):
+            raise ArtifactError("rules.json: a learned statistic is not a number") from None
+        if not all(np.isfinite(value) for value in ruleset.statistics_.values()):
+            raise ArtifactError("rules.json: a learned statistic is not finite")
         return ruleset
 
 
@@ -231,7 +234,7 @@ def _refers_to(condition: Condition, key: str) -> bool:
 def _column(frame: pd.DataFrame, feature: str, rule: str) -> np.ndarray:
     if feature not in frame.columns:
         raise InputError(f"rule '{rule}': no column '{feature}' in the data")
-    return frame[feature].to_numpy(np.float64)
+    return numeric_column(frame, feature, f"rule '{rule}'")
 
 
 def _expand(patterns: list[str], frame: pd.DataFrame, rule: str) -> list[str]:
@@ -243,11 +246,23 @@ def _quantile_key(feature: str, quantile: float) -> str:
     return f"quantile:{feature}:{quantile:g}"
 
 
-def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float]) -> None:
-    std = float(values.std())
+def _learn_moments(values: np.ndarray, feature: str, stats: dict[str, float], rule: str) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(values.std())
+    if not np.isfinite(std):
+        raise InputError(
+            f"rule '{rule}': column '{feature}' has values too large for a mean and a standard "
+            "deviation in training"
+        )
     stats[f"mean:{feature}"] = float(values.mean())
     stats[f"std:{feature}"] = std if std > 0 else 1.0
 
 
 def _moments(stats: dict[str, float], feature: str) -> tuple[float, float]:
-    return stats[f"mean:{feature}"], stats[f"std:{feature}"]
+    return _learned(stats, f"mean:{feature}"), _learned(stats, f"std:{feature}")
+
+
+def _learned(stats: dict[str, float], key: str) -> float:
+    if key not in stats:
+        raise ArtifactError(f"rules.json: no learned statistic '{key}'")
+    return stats[key]
