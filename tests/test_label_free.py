@@ -132,10 +132,11 @@ def test_tail_scale_counts_ties_and_is_monotone() -> None:
     np.testing.assert_array_equal(again.transform(train), scale.transform(train))
 
 
-def test_soft_targets_average_over_contamination_rates() -> None:
-    reference = np.arange(1000, dtype=float)
-    targets = soft_targets(np.array([999.0, 985.0, 0.0]), reference, [0.002, 0.02])
-    np.testing.assert_allclose(targets, [1.0, 0.5, 0.0])
+def test_soft_targets_average_over_log_uniform_contamination_rates() -> None:
+    reference = np.arange(9999, dtype=float)  # 9,999 training priors: share = rank / 10,000
+    # top 10 (share 0.001): 1; top 1,000 (0.1): 0; top 100 (0.01): halfway on the log scale
+    targets = soft_targets(np.array([9990.0, 9900.0, 8999.0, 0.0]), reference, (0.001, 0.1))
+    np.testing.assert_allclose(targets, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -226,8 +226,8 @@ class PseudoLabelConfig(StrictModel):
     """How the judge learns without labels (hybrid_ad.label_free); one default for all data.
 
     Each signal's score becomes a surprise against the training events; their mean is the
-    prior, and the judge's target is the share of `contamination_rates` at which an event is
-    in the prior's top.
+    prior, and the judge's target is the share of contamination rates in
+    `contamination_range` (log-uniform) at which an event is in the prior's top.
     """
 
     signals: list[Literal["rules", "autoencoder", "histogram"]] = Field(
@@ -235,10 +235,10 @@ class PseudoLabelConfig(StrictModel):
         min_length=1,
         description="label-free signals combined into the prior",
     )
-    contamination_rates: list[float] = Field(
-        default_factory=lambda: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
-        min_length=1,
-        description="candidate shares of anomalous events; the target averages over them",
+    contamination_range: tuple[float, float] = Field(
+        (0.001, 0.1),
+        description="the shares of anomalous events considered possible, low and high; the "
+        "target averages over rates log-uniform between them",
     )
 
     @field_validator("signals")
@@ -248,12 +248,13 @@ class PseudoLabelConfig(StrictModel):
             raise ValueError("each signal may be listed once")
         return signals
 
-    @field_validator("contamination_rates")
+    @field_validator("contamination_range")
     @classmethod
-    def _rates_in_range(cls, rates: list[float]) -> list[float]:
-        if any(not 0 < rate < 1 for rate in rates):
-            raise ValueError("every contamination rate must be in (0, 1)")
-        return rates
+    def _range_in_unit_interval(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        low, high = bounds
+        if not 0 < low < high < 1:
+            raise ValueError("contamination_range needs 0 < low < high < 1")
+        return bounds
 
 
 class JudgeConfig(StrictModel):

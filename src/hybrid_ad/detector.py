@@ -192,8 +192,8 @@ class Detector:
         the label-free prior, against the training prior `reference` (hybrid_ad.label_free)."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)
-        rates = self.config.judge.pseudo.contamination_rates
-        return soft_targets(self._prior(outputs), reference, rates)
+        contamination = self.config.judge.pseudo.contamination_range
+        return soft_targets(self._prior(outputs), reference, contamination)
 
     def prior_signals(self) -> list[str]:
         """The label-free signals the judge's prior combines (the ablation drops the

@@ -8,9 +8,10 @@ above one that a single view finds rare.
 
 The judge is then trained on soft targets from that prior. How many events are anomalous is
 unknown without labels, so instead of guessing one contamination rate the target is the share
-of rates (0.2 % ... 10 %) at which the event would be in the prior's top: the rarest events
-are positive at every rate, borderline ones at a few. The trees learn which features and
-signals produce high priors and generalise that to events no single signal ranks first.
+of rates (log-uniform, 0.1 % ... 10 %) at which the event would be in the prior's top: the
+rarest events are positive at every rate, borderline ones at a few. The trees learn which
+features and signals produce high priors and generalise that to events no single signal ranks
+first.
 """
 
 from __future__ import annotations
@@ -136,10 +137,19 @@ def prior(surprises: dict[str, np.ndarray]) -> np.ndarray:
     return np.mean(np.column_stack(list(surprises.values())), axis=1)
 
 
-def soft_targets(prior_scores: np.ndarray, reference: np.ndarray, rates: list[float]) -> np.ndarray:
-    """Share of contamination `rates` at which each event is in the top of `reference`.
+def soft_targets(
+    prior_scores: np.ndarray, reference: np.ndarray, contamination: tuple[float, float]
+) -> np.ndarray:
+    """Share of contamination rates, log-uniform in `contamination` = (low, high), at which
+    each event is in the top of `reference` (the training prior).
 
-    `reference` is the training prior, so validation targets use the training cut-offs.
+    An event whose prior is in the top share u of training events gets
+    log(high / u) / log(high / low), clipped to [0, 1]: 1 in the top `low`, 0 below the top
+    `high`, and in between rising with every halving of u, so the judge learns the order of
+    the rare events rather than one cut. Validation targets use the same training reference.
     """
-    cuts = np.quantile(reference, [1.0 - rate for rate in rates])
-    return np.mean([prior_scores >= cut for cut in cuts], axis=0).astype(np.float32)
+    low, high = contamination
+    ordered = np.sort(np.asarray(reference, dtype=np.float64))
+    at_least = len(ordered) - np.searchsorted(ordered, prior_scores, side="left")
+    share = (at_least + 1.0) / (len(ordered) + 1.0)
+    return np.clip(np.log(high / share) / np.log(high / low), 0.0, 1.0).astype(np.float32)
