@@ -86,6 +86,20 @@ def test_mixed_refuses_label_reading_configs() -> None:
                 judge={"label_source": "mixed"}, evaluation={"threshold_policy": "best_f1"}
             )
         )
+    behavioural = {
+        "entity_keys": ["customer_id"],
+        "windows": ["1d"],
+        "values": ["Amount"],
+        "label_risk": {"window": "1d", "delay": "1h"},
+    }
+    with pytest.raises(ConfigError, match="label_risk reads the label column, and mixed mode"):
+        config_from_dict(
+            small_config_dict(
+                data={"entity_keys": ["customer_id"]},
+                features={"behavioural": behavioural},
+                judge={"label_source": "mixed"},
+            )
+        )
 
 
 def test_retrain_as_of_never_sees_a_later_label(workspace: dict[str, Path], tmp_path: Path) -> None:
