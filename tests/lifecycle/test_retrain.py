@@ -176,3 +176,14 @@ def test_mixed_mode_never_reads_the_label_column(
         outs.append(_files(tmp_path / name))
     assert outs[0]["judge.json"] == outs[1]["judge.json"]
     assert outs[0]["detector.json"] == outs[1]["detector.json"]
+
+
+def test_retrain_with_no_labels_yet(workspace: dict[str, Path], tmp_path: Path) -> None:
+    open_store(tmp_path / "empty.db", create=True).close()
+    result = retrain(
+        workspace["model"], str(tmp_path / "empty.db"), workspace["data"], tmp_path / "out"
+    )
+    assert result.snapshot["events"] == 0
+    assert result.snapshot["by_source"] == {} and result.snapshot["by_label"] == {}
+    assert result.snapshot["matched_events"] == {"train": 0, "validation": 0}
+    assert Detector.load(tmp_path / "out").threshold_ == result.threshold

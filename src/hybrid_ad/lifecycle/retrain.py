@@ -49,7 +49,9 @@ def label_snapshot(labels: pd.DataFrame, cut_off: pd.Timestamp, store: str) -> d
     """The manifest's record of the labels a retrain could use: counts per source and label,
     the cut-off, and the sha256 of the snapshot as CSV (`SNAPSHOT_COLUMNS`, by event id)."""
     ordered = labels.sort_values("event_id", kind="stable").loc[:, list(SNAPSHOT_COLUMNS)]
-    ordered = ordered.assign(labelled_at=ordered["labelled_at"].dt.strftime(TIME_FORMAT))
+    # to_datetime: an empty snapshot's column comes back untyped
+    times = pd.to_datetime(ordered["labelled_at"], utc=True)
+    ordered = ordered.assign(labelled_at=times.dt.strftime(TIME_FORMAT))
     canonical = ordered.to_csv(index=False, lineterminator="\n").encode("utf-8")
     by_source = {
         str(source): {str(label): int(count) for label, count in group.value_counts().items()}
