@@ -66,13 +66,8 @@ def main() -> None:
         measure("supervised (truth)", supervised, known, None)
 
         seen = pd.concat([data.split.train, data.split.validation])
-        ranked = base.score(data.part("train")).index.append(
-            base.score(data.part("validation")).index
-        )
-        scores = np.concatenate(
-            [base.score(data.part(p))["score"].to_numpy() for p in ("train", "validation")]
-        )
-        order = ranked[np.argsort(-scores, kind="stable")]
+        scored = pd.concat([base.score(data.part(p)) for p in ("train", "validation")])
+        order = scored.index[np.argsort(-scored["score"].to_numpy(), kind="stable")]
         ids = event_ids(read_table(args.data), config.data)
         for count in args.labels:
             chosen = order[:count]
