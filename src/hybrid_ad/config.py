@@ -257,8 +257,21 @@ class PseudoLabelConfig(StrictModel):
         return bounds
 
 
+class MixedLabelConfig(StrictModel):
+    """`label_source: mixed`: analysts' labels where the label store knows the event, the
+    label-free soft targets elsewhere (hybrid_ad.lifecycle.retrain)."""
+
+    label_weight: float = Field(
+        10.0, gt=0, description="sample weight of a labelled event; label-free targets weigh 1"
+    )
+
+
 class JudgeConfig(StrictModel):
-    label_source: Literal["pseudo", "truth"] = "pseudo"
+    label_source: Literal["pseudo", "truth", "mixed"] = Field(
+        "pseudo",
+        description="pseudo: label-free; truth: the label column; mixed: a label store's "
+        "labels where known, label-free targets elsewhere (never the label column)",
+    )
     n_estimators: int = Field(600, ge=1, le=100_000)
     learning_rate: float = Field(0.05, gt=0, le=1)
     max_depth: int = Field(6, ge=1, le=24)
@@ -273,6 +286,7 @@ class JudgeConfig(StrictModel):
     scale_pos_weight: Annotated[float, Field(gt=0, le=1e6)] | Literal["auto"] = "auto"
     threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    mixed: MixedLabelConfig = Field(default_factory=MixedLabelConfig)
 
 
 class EvaluationConfig(StrictModel):
@@ -314,10 +328,11 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _label_free_stays_label_free(self) -> Config:
         label, kind = self.data.label, self.evaluation.kind_column
-        if self.judge.label_source == "pseudo" and self.evaluation.threshold_policy == "best_f1":
+        mode = self.judge.label_source
+        if mode != "truth" and self.evaluation.threshold_policy == "best_f1":
             raise ValueError(
-                "evaluation.threshold_policy: best_f1 reads validation labels, and pseudo mode "
-                "never does: use alert_budget, or judge.label_source: truth"
+                f"evaluation.threshold_policy: best_f1 reads validation labels, and {mode} mode "
+                "never reads the label column: use alert_budget, or judge.label_source: truth"
             )
         for role, column in (("data.label", label), ("evaluation.kind_column", kind)):
             if column is None:
@@ -344,9 +359,10 @@ class Config(StrictModel):
         if behavioural.label_risk is not None:
             if self.data.label is None:
                 raise ValueError("features.behavioural.label_risk needs data.label")
-            if self.judge.label_source == "pseudo":
+            if self.judge.label_source != "truth":
                 raise ValueError(
-                    "features.behavioural.label_risk reads labels, and pseudo mode never does: "
+                    "features.behavioural.label_risk reads the label column, and "
+                    f"{self.judge.label_source} mode never does: "
                     "use judge.label_source: truth, or drop label_risk"
                 )
         return self

@@ -25,7 +25,7 @@ from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.autoencoder import Autoencoder
 from hybrid_ad.behavioural_live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.data import EVENT_SECONDS, check_training_range, validate_events
+from hybrid_ad.data import EVENT_SECONDS, check_training_range, event_ids, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
@@ -79,6 +79,8 @@ class Detector:
         self.judge_uses_autoencoder_ = True
         self.threshold_: float | None = None
         self.data_sha256_: str | None = None
+        self.known_labels: pd.Series | None = None
+        """For `judge.label_source: mixed`: a label store's labels (0/1) by event id."""
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -168,6 +170,8 @@ class Detector:
                 self.training_labels(held_out, held_out_outputs, reference),
                 names,
                 on_round=lambda round_: advance(round_, ""),
+                sample_weight=self.training_weights(train),
+                validation_weight=self.training_weights(held_out),
             )
         self.judge_ = judge
         label = self.config.data.label
@@ -189,11 +193,43 @@ class Detector:
         self, events: pd.DataFrame, outputs: StageOutputs, reference: np.ndarray
     ) -> np.ndarray:
         """The judge's targets: the label column in `truth` mode; otherwise soft targets from
-        the label-free prior, against the training prior `reference` (hybrid_ad.label_free)."""
+        the label-free prior, against the training prior `reference` (hybrid_ad.label_free),
+        replaced in `mixed` mode by the known label (0/1) where `known_labels` has the event."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)
         contamination = self.config.judge.pseudo.contamination_range
-        return soft_targets(self._prior(outputs), reference, contamination)
+        targets = soft_targets(self._prior(outputs), reference, contamination)
+        if self.config.judge.label_source == "mixed":
+            known = self.known_labels_for(events)
+            targets = np.where(np.isnan(known), targets, known).astype(np.float32)
+        return targets
+
+    def training_weights(self, events: pd.DataFrame) -> np.ndarray | None:
+        """Sample weights in `mixed` mode: `judge.mixed.label_weight` for a known label, 1 for
+        a label-free target; None (every event alike) otherwise."""
+        if self.config.judge.label_source != "mixed":
+            return None
+        known = self.known_labels_for(events)
+        return np.where(np.isnan(known), 1.0, self.config.judge.mixed.label_weight)
+
+    def known_labels_for(self, events: pd.DataFrame) -> np.ndarray:
+        """Each event's label from `known_labels` by event id, NaN where unknown. The label
+        column is not read: the ids come from the event time, features and keys (or the
+        configured id column)."""
+        if self.known_labels is None:
+            raise InputError(
+                "judge.label_source: mixed takes its labels from a label store "
+                "(hybrid-ad retrain --store PATH), and none was given"
+            )
+        data = self.config.data
+        assert self.feature_columns_ is not None
+        identity = (
+            [data.event_id]
+            if data.event_id is not None
+            else [data.timestamp, *data.entity_keys, *self.feature_columns_]
+        )
+        ids = event_ids(events[identity], data, "training data")
+        return ids.map(self.known_labels).to_numpy(np.float64)
 
     def prior_signals(self) -> list[str]:
         """The label-free signals the judge's prior combines (the ablation drops the
@@ -435,8 +471,14 @@ class Detector:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
-        """Write the fitted detector: JSON, safetensors and XGBoost JSON, with a manifest."""
+    def save(
+        self,
+        directory: str | Path,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the fitted detector: JSON, safetensors and XGBoost JSON, with a manifest
+        (`lineage`: where a retrained model came from, recorded as the manifest's `retrain`)."""
         self._require_unsupervised()
         assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
         assert self.tail_scales_ is not None
@@ -473,6 +515,8 @@ class Detector:
             "seed": self.config.seed,
             "metrics": metrics,
         }
+        if lineage is not None:
+            manifest["retrain"] = lineage
         write_model_dir(directory, files, manifest)
 
     @classmethod

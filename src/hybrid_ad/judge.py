@@ -47,15 +47,24 @@ class Judge:
         validation_labels: np.ndarray,
         feature_names: list[str],
         on_round: RoundCallback | None = None,
+        sample_weight: np.ndarray | None = None,
+        validation_weight: np.ndarray | None = None,
     ) -> Judge:
-        positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
-        if positives == 0 or positives == len(labels):
+        """`sample_weight` (and `validation_weight`) weigh events, e.g. known labels above
+        label-free targets; `auto` imbalance weighting then counts weighted events."""
+        if sample_weight is None:
+            positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
+            total = float(len(labels))
+        else:
+            positives = float(np.dot(sample_weight, labels))
+            total = float(sample_weight.sum())
+        if positives == 0 or positives == total:
             raise InputError(
                 f"judge: the training labels ({self.config.label_source}) contain only one class; "
                 "check the rules' pseudo_label_threshold or the label column"
             )
         if self.config.scale_pos_weight == "auto":
-            self.scale_pos_weight_ = (len(labels) - positives) / positives
+            self.scale_pos_weight_ = (total - positives) / positives
         else:
             self.scale_pos_weight_ = float(self.config.scale_pos_weight)
         validation_has_both = 0 < validation_labels.sum() < len(validation_labels)
@@ -73,9 +82,12 @@ class Judge:
             "nthread": self.config.threads,
             "seed": self.seed,
         }
-        train = xgb.DMatrix(inputs, label=labels, feature_names=feature_names)
+        train = xgb.DMatrix(inputs, label=labels, weight=sample_weight, feature_names=feature_names)
         validation = xgb.DMatrix(
-            validation_inputs, label=validation_labels, feature_names=feature_names
+            validation_inputs,
+            label=validation_labels,
+            weight=validation_weight,
+            feature_names=feature_names,
         )
         callbacks = [_RoundProgress(on_round)] if on_round is not None else []
         self.booster_ = xgb.train(
