@@ -112,6 +112,15 @@ def test_alert_budget_per_day_and_share_use_ranks_only() -> None:
     assert choose_threshold(scores, seconds, share, labels)[0] == threshold
 
 
+def test_tied_scores_never_overrun_the_budget() -> None:
+    scores = np.r_[np.zeros(950), np.ones(40), np.full(10, 3.0)]  # a rule score: many ties
+    seconds = np.arange(1000.0)
+    threshold, _ = choose_threshold(scores, seconds, EvaluationConfig(alert_rate=0.02))
+    assert threshold == 3.0 and (scores >= threshold).sum() == 10
+    threshold, _ = choose_threshold(scores, seconds, EvaluationConfig(alert_rate=0.005))
+    assert threshold == 3.0  # the top group alone is over the budget: it is still alerted
+
+
 def test_daily_precision_is_the_mean_of_each_days_share() -> None:
     seconds = np.array([0, 10, 20, 86_400, 86_410, 2 * 86_400])
     labels = np.array([1, 0, 0, 1, 1, 0])

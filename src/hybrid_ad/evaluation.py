@@ -56,8 +56,16 @@ def choose_threshold(
     else:
         policy = "alert_budget"
     alerts = budget_alerts(event_seconds, config)
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    return float(ordered[alerts - 1]), policy
+    values = np.asarray(scores, dtype=np.float64)
+    ordered = np.sort(values)[::-1]
+    threshold = ordered[alerts - 1]
+    if (values >= threshold).sum() > alerts:
+        # Tied scores (a rule score is a sum of weights) would overrun the budget: alert on
+        # the next higher score instead, unless even the highest group is over it.
+        higher = ordered[ordered > threshold]
+        if len(higher):
+            threshold = higher[-1]
+    return float(threshold), policy
 
 
 def daily_precision(
