@@ -111,13 +111,18 @@ def event_file(dataset: Dataset, data_dir: Path) -> Path:
 # --- one dataset in one mode (a child process) ---------------------------------------------
 
 
-def run_one(dataset: Dataset, mode: str, data_path: Path, out: Path, peers: bool) -> dict:
-    """The pipeline as `hybrid-ad run` runs it, then (with `peers`) the peers on its inputs."""
+def run_one(
+    dataset: Dataset, mode: str, data_path: Path, out: Path, peers: bool, overrides: list[str]
+) -> dict:
+    """The pipeline as `hybrid-ad run` runs it, then (with `peers`) the peers on its inputs.
+
+    `overrides` come after the suite's own (data.path, judge.label_source)."""
     from hybrid_ad.detector import Detector
     from hybrid_ad.pipeline import Timer, evaluate_step, load_data
     from hybrid_ad.progress import QUIET
 
-    config = suite_config(dataset.config, [f"data.path={data_path}", f"judge.label_source={mode}"])
+    settings = [f"data.path={data_path}", f"judge.label_source={mode}", *overrides]
+    config = suite_config(dataset.config, settings)
     timer = Timer()
     start = time.perf_counter()
     with timer.step("load"):
@@ -258,6 +263,7 @@ def run_child(args: argparse.Namespace, name: str, mode: str, peers: bool) -> di
     command = [sys.executable, __file__, "--child", name, "--modes", mode, "--out", str(args.out)]
     command += ["--creditcard", str(args.creditcard), "--anomaly-dir", str(args.anomaly_dir)]
     command += ["--peers"] if peers else []
+    command += [f"--set={override}" for override in args.overrides]
     start = time.perf_counter()
     process = subprocess.Popen(command)
     _, status, usage = os.wait4(process.pid, 0)
@@ -370,8 +376,7 @@ def markdown(results: dict) -> str:
     for name, entry in results["datasets"].items():
         for row in entry["summary"]["rows"]:
             figures = [
-                _fmt(row[key], 4)
-                for key in ("average_precision", "roc_auc", "precision", "recall")
+                _fmt(row[key], 4) for key in ("average_precision", "roc_auc", "precision", "recall")
             ]
             lines.append(
                 f"| {name} | {row['mode']} | {row['stage']} | {' | '.join(figures)} "
@@ -431,6 +436,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "suite")
     parser.add_argument("--creditcard", type=Path, default=SHARED / "creditcard.csv.gz")
     parser.add_argument("--anomaly-dir", type=Path, default=SHARED / "anomaly")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="config override for every dataset (e.g. evaluation.report=false)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -441,7 +454,7 @@ def main() -> None:
     if args.child:
         dataset, mode = datasets[args.child], args.modes[0]
         data_path = event_file(dataset, args.out / "data")
-        result = run_one(dataset, mode, data_path, args.out, args.peers)
+        result = run_one(dataset, mode, data_path, args.out, args.peers, args.overrides)
         atomic_write_json(args.out / dataset.name / f"{mode}.json", result)
         return
     chosen = args.datasets or list(datasets)
@@ -452,7 +465,9 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "machine": {
             "cpus": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "memory_gib": round(
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
+            ),
             "python": platform.python_version(),
         },
         "datasets": {},
@@ -461,7 +476,9 @@ def main() -> None:
         start = time.perf_counter()
         say(f"== {name}: preparing data")
         event_file(datasets[name], args.out / "data")
-        runs = {mode: run_child(args, name, mode, peers=i == 0) for i, mode in enumerate(args.modes)}
+        runs = {
+            mode: run_child(args, name, mode, peers=i == 0) for i, mode in enumerate(args.modes)
+        }
         results["datasets"][name] = {
             "runs": runs,
             "summary": summarise(name, runs),

@@ -41,7 +41,10 @@ def test_suite_runs_both_modes_with_peers_and_matches_the_pipeline(tmp_path: Pat
     assert set(tiny["runs"]["truth"]["peers"]) == {"xgboost"}
     assert tiny["runs"]["pseudo"]["peak_rss_mib"] > 0
     rows = {(row["mode"], row["stage"]): row for row in tiny["summary"]["rows"]}
-    best = max(rows[("label-free", f"peer: {name}")]["average_precision"] for name in ("ecod", "iforest", "hbos"))
+    best = max(
+        rows[("label-free", f"peer: {name}")]["average_precision"]
+        for name in ("ecod", "iforest", "hbos")
+    )
     assert tiny["summary"]["best_pyod_ap"] == best
     judge = rows[("pseudo", "judge")]
     assert judge["ap_ratio_to_best_pyod"] == judge["average_precision"] / best
