@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MODES = ("pseudo", "truth")
 STAGES = ("rules", "autoencoder", "histogram", "judge", "judge_without_autoencoder")
+LABEL_FREE_STAGES = ("rules", "autoencoder", "histogram")
 PYOD_PEERS = ("ecod", "iforest", "hbos")
 STREAMING_SIZE = ("--accounts", "1000", "--days", "28", "--seed", "7")
 
@@ -289,6 +290,8 @@ def summarise(name: str, runs: dict[str, dict]) -> dict:
     for mode, run in runs.items():
         stages, point = run["metrics"]["stages"], run["metrics"]["operating_point"]
         for stage in STAGES:
+            if mode != "pseudo" and _same_as_pseudo(runs, stage):
+                continue  # a label-free stage: the same in both modes, listed once
             fpr = (
                 point["rules_false_positive_rate"]
                 if stage == "rules"
@@ -300,6 +303,13 @@ def summarise(name: str, runs: dict[str, dict]) -> dict:
         fpr = figures["false_positive_rate_at_rules_recall"]
         rows.append(_row(mode, f"peer: {peer}", figures, fpr, best_peer))
     return {"rows": rows, "best_pyod_ap": best_peer, "targets": targets(name, runs, best_peer)}
+
+
+def _same_as_pseudo(runs: dict[str, dict], stage: str) -> bool:
+    if "pseudo" not in runs or stage not in LABEL_FREE_STAGES:
+        return False
+    figures = [run["metrics"]["stages"][stage] for run in runs.values()]
+    return all(entry == figures[0] for entry in figures)
 
 
 def _row(mode: str, name: str, figures: dict, fpr: float | None, best_peer: float | None) -> dict:
@@ -409,7 +419,8 @@ def _kind_table(results: dict) -> list[str]:
         columns: dict[str, dict] = {}
         for mode, run in entry["runs"].items():
             for stage, kinds in (run["metrics"].get("recall_by_kind") or {}).items():
-                columns[f"{stage} ({mode})"] = kinds
+                if mode == "pseudo" or not _same_as_pseudo(entry["runs"], stage):
+                    columns[f"{stage} ({mode})"] = kinds
             for peer, figures in run["peers"].items():
                 if "recall_by_kind" in figures:
                     columns[f"{peer}"] = figures["recall_by_kind"]

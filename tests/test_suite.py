@@ -7,6 +7,7 @@ child's work (`run_one`) and the summary are run here in-process to keep the tes
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("suite", REPO / "benchmarks" / "suite.py")
 assert _spec is not None and _spec.loader is not None
 suite = importlib.util.module_from_spec(_spec)
+sys.modules["suite"] = suite  # dataclasses look their module up while the file executes
 _spec.loader.exec_module(suite)
 
 QUICK = ["evaluation.report=false"]
