@@ -405,7 +405,9 @@ def markdown(results: dict) -> str:
     for name, entry in results["datasets"].items():
         for target, check in entry["summary"]["targets"].items():
             measured = ", ".join(
-                f"{key} {_fmt(value, 4)}" for key, value in check.items() if key != "met"
+                f"{key} {_fmt(value, 1 if key.endswith(('_s', '_mib')) else 4)}"
+                for key, value in check.items()
+                if key != "met"
             )
             lines.append(f"| {name} | {target} | {measured} | {'yes' if check['met'] else 'no'} |")
     per_kind = _kind_table(results)
