@@ -10,6 +10,7 @@ against window (without drift every bar pair is level).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,9 @@ def write_drift_page(
     plots = 0
     for entry in report["windows"]:
         start = entry["start_seconds"]
-        heading = "all events" if start is None else f"{_when(start)} to {_when(entry['end_seconds'])}"
+        heading = (
+            "all events" if start is None else f"{_when(start)} to {_when(entry['end_seconds'])}"
+        )
         names = [*reference.inputs, *reference.scores]
         rows, flags = [], []
         for name in names:
@@ -178,7 +181,7 @@ def _bins_plot(name: str, profile: ColumnProfile, values: np.ndarray) -> Figure:
     counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
     window = counts / max(len(finite), 1)
     labels = [f"<= {edges[0]:.3g}"]
-    labels += [f"{low:.3g} .. {high:.3g}" for low, high in zip(edges[:-1], edges[1:], strict=True)]
+    labels += [f"{low:.3g} .. {high:.3g}" for low, high in itertools.pairwise(edges)]
     labels.append(f"> {edges[-1]:.3g}")
     figure = Figure(figsize=(8, 3.2))
     ax = figure.subplots()

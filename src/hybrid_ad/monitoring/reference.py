@@ -75,6 +75,8 @@ class DriftReference(StrictModel):
 def score_columns(stage_scores: dict[str, np.ndarray]) -> pd.DataFrame:
     """Stage outputs as the reference names them (`score:rules`, …, `score:judge`)."""
     return pd.DataFrame(
-        {f"{SCORE_PREFIX}{stage}": np.asarray(values, np.float64)
-         for stage, values in stage_scores.items()}
+        {
+            f"{SCORE_PREFIX}{stage}": np.asarray(values, np.float64)
+            for stage, values in stage_scores.items()
+        }
     )
