@@ -232,7 +232,7 @@ def drift(
     progress = ProgressReporter(enabled=not quiet)
     report = drift_file(model, input, output, window, threshold, min_rows, progress)
     flagged = ", ".join(report["flagged_columns"]) or "nothing"
-    progress.log(f"{len(report['windows']):,} windows; flagged: {flagged} -> {output}")
+    progress.log(f"windows: {len(report['windows']):,}; flagged: {flagged} -> {output}")
 
 
 @app.command()

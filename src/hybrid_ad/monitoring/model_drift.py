@@ -23,7 +23,13 @@ from hybrid_ad.data import EVENT_SECONDS, read_table
 from hybrid_ad.detector import Detector, readable_input
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.features import prepare_events
-from hybrid_ad.monitoring.drift import DEFAULT_MIN_ROWS, DEFAULT_THRESHOLD, ColumnProfile, drift
+from hybrid_ad.monitoring.drift import (
+    DEFAULT_MIN_ROWS,
+    DEFAULT_THRESHOLD,
+    ColumnProfile,
+    drift,
+    window_seconds,
+)
 from hybrid_ad.monitoring.reference import REFERENCE_FILE, SCORE_PREFIX, DriftReference
 from hybrid_ad.pages import escape, figure_uri, table, write_page
 from hybrid_ad.progress import QUIET, ProgressReporter
@@ -45,6 +51,7 @@ def drift_file(
     """Write DRIFT.json and DRIFT.html for the events in `input_path`; returns the JSON."""
     if output_path.suffix.lower() != ".json":
         raise InputError(f"{output_path}: the drift report is written as .json")
+    window_seconds(window)
     if not threshold > 0:
         raise InputError(f"--threshold: must be above 0, got {threshold}")
     if min_rows < 1:
