@@ -229,3 +229,18 @@ def test_bad_review_requests_are_one_line_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_nothing_left_to_review_is_an_empty_queue(model, new_events, tmp_path: Path) -> None:
+    model_dir, detector = model
+    events = new_events.head(200)
+    csv = tmp_path / "events.csv"
+    events.to_csv(csv, index=False)
+    store = tmp_path / "labels.db"
+    with open_store(store, create=True) as target:
+        ids = event_ids(events, detector.config.data)
+        target.append(pd.DataFrame({"event_id": ids, "label": 0, "source": "analyst"}))
+    result = review_file(model_dir, csv, tmp_path / "q.csv", 5, "mixed", True, str(store))
+    assert result.queue.empty and result.skipped_labelled == 200
+    assert "No events left to review." in result.html_path.read_text()
+    assert pd.read_csv(tmp_path / "q.csv").columns[:3].tolist() == ["rank", "event_id", "Time"]

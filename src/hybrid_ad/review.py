@@ -35,6 +35,7 @@ from hybrid_ad.data import EVENT_ID, EVENT_SECONDS, event_ids, read_table, write
 from hybrid_ad.detector import SIGNALS, Detector
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.features import PreparedEvents, prepare_events
+from hybrid_ad.monitoring.reference import SCORE_PREFIX
 from hybrid_ad.pages import escape, table, write_page
 from hybrid_ad.progress import QUIET, ProgressReporter
 
@@ -44,25 +45,12 @@ EXPLORE_SHARE = 0.2
 SCORE_CHUNK = 50_000
 DAY_SECONDS = 86_400
 LOGIT_CLIP = 1e-12
-QUEUE_COLUMNS = (
-    "rank",
-    EVENT_ID,
-    "day",
-    "picked_by",
-    "score",
-    "alert",
-    "rule_score",
-    "reconstruction_error",
-    "histogram_score",
-    "rarity",
-    "rules_hit",
-    "reasons",
-)
 
 
 @dataclass(frozen=True)
 class ReviewResult:
-    """A written queue: its rows, and how many events were considered and skipped."""
+    """A written queue: its rows, the events considered, and the distinct event ids skipped
+    because the store has a verdict on them."""
 
     queue: pd.DataFrame
     events: int
@@ -81,7 +69,8 @@ def review_queue(
     labelled: Collection[str] = (),
     progress: ProgressReporter = QUIET,
 ) -> pd.DataFrame:
-    """The queue as a frame (`QUEUE_COLUMNS` and the event's time column), best first per day.
+    """The queue as a frame, one row per event: rank (within its day), event id, the event's
+    time, day, the strategy part that picked it, the stage outputs, rarity and reasons.
 
     `ids` are the events' ids in the same order as `events`; `labelled` the ids to skip.
     """
@@ -90,8 +79,8 @@ def review_queue(
         raise ArtifactError("model has no alert threshold; fit its judge first (train-judge)")
     if len(ids) != len(events):
         raise ValueError("ids and events differ in length")
-    scored = _scores(detector, events, progress)
-    rarity = _rarity(detector, scored)
+    scores = _stage_scores(detector, events, progress)
+    rarity = _rarity(detector, scores)
     id_values = ids.to_numpy(dtype=str)
     candidate = ~pd.Series(id_values).duplicated().to_numpy()
     candidate &= ~np.isin(id_values, np.asarray(list(labelled), dtype=str))
@@ -99,8 +88,9 @@ def review_queue(
     days = np.floor(seconds / DAY_SECONDS).astype(np.int64)
     groups = [np.flatnonzero(candidate)]
     if per_day:
-        groups = [np.flatnonzero(candidate & (days == day)) for day in np.unique(days[candidate])]
-    score = scored["score"].to_numpy(np.float64)
+        by_day = groups[0][np.argsort(days[groups[0]], kind="stable")]  # file order within
+        groups = np.split(by_day, np.flatnonzero(np.diff(days[by_day])) + 1)
+    score = scores["judge"]
     chosen: list[np.ndarray] = [np.array([], dtype=np.int64)]
     ranks: list[np.ndarray] = [np.array([], dtype=np.int64)]
     picked_by: list[str] = []
@@ -111,8 +101,11 @@ def review_queue(
         picked_by += kinds
     positions = np.concatenate(chosen)
     subset = PreparedEvents(events.frame.iloc[positions], events.feature_columns, events.source)
-    reasons = detector.explain(subset)["reasons"].to_numpy() if len(positions) else []
-    picked = scored.iloc[positions]
+    if len(positions):
+        picked = detector.score(subset).join(detector.explain(subset))
+    else:  # nothing left to review: the model cannot score zero events
+        columns = ["score", "alert", "rule_score", "reconstruction_error", "histogram_score"]
+        picked = pd.DataFrame({name: [] for name in [*columns, "rules_hit", "reasons"]})
     queue = pd.DataFrame(
         {
             "rank": np.concatenate(ranks),
@@ -126,7 +119,7 @@ def review_queue(
             "histogram_score": picked["histogram_score"].to_numpy(),
             "rarity": rarity[positions],
             "rules_hit": picked["rules_hit"].to_numpy(),
-            "reasons": reasons,
+            "reasons": picked["reasons"].to_numpy(),
         }
     )
     time_column = detector.config.data.timestamp
@@ -142,27 +135,29 @@ def check_request(budget: int, strategy: str) -> None:
         raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
-def _scores(detector: Detector, events: PreparedEvents, progress: ProgressReporter) -> pd.DataFrame:
-    parts = []
+def _stage_scores(
+    detector: Detector, events: PreparedEvents, progress: ProgressReporter
+) -> dict[str, np.ndarray]:
+    """Each stage's score of every event (`score:<stage>` of `Detector.monitored`): what the
+    choice needs, without the per-event text (`rules_hit`) that only queued events get."""
+    names = [*SIGNALS, "judge"]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
-            parts.append(detector.score(chunk))
+            values = detector.monitored(chunk)
+            for name in names:
+                parts[name].append(values[f"{SCORE_PREFIX}{name}"].to_numpy(np.float64))
             advance(start + len(chunk), "")
-    if not parts:
+    if not parts["judge"]:
         raise InputError(f"{events.source}: no events to review")
-    return pd.concat(parts)
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _rarity(detector: Detector, scored: pd.DataFrame) -> np.ndarray:
+def _rarity(detector: Detector, scores: dict[str, np.ndarray]) -> np.ndarray:
     """Mean surprise of the label-free signals: how unusual the event is without the judge."""
     assert detector.tail_scales_ is not None
-    raw = {
-        "rules": scored["rule_score"],
-        "autoencoder": scored["reconstruction_error"],
-        "histogram": scored["histogram_score"],
-    }
-    surprises = [detector.tail_scales_[name].transform(raw[name].to_numpy()) for name in SIGNALS]
+    surprises = [detector.tail_scales_[name].transform(scores[name]) for name in SIGNALS]
     return np.mean(surprises, axis=0)
 
 
@@ -234,7 +229,7 @@ def review_file(
     events = prepare_events(raw, detector.config, str(input_path))
     ids = ids.loc[events.frame.index]
     queue = review_queue(detector, events, ids, budget, strategy, per_day, labelled, progress)
-    skipped = int(np.isin(ids.to_numpy(dtype=str), list(labelled)).sum()) if labelled else 0
+    skipped = len(labelled.intersection(ids.to_numpy(dtype=str)))
     write_table(queue, output_path)
     html_path = html_path_for(output_path)
     settings = {
@@ -244,7 +239,7 @@ def review_file(
         "strategy": strategy,
         "budget": f"{budget:,} per day" if per_day else f"{budget:,}",
         "label store": store or "none",
-        "events skipped as already labelled": skipped,
+        "events skipped as already labelled (distinct ids)": skipped,
         "alert threshold": detector.threshold_,
     }
     write_review_page(queue, html_path, settings, detector.config.data.timestamp)
