@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -54,6 +56,13 @@ def _timed(step: str, timings: dict[str, float], work: Callable[[], T]) -> T:
     return result
 
 
+def _child_cpu() -> float:
+    """User + system CPU seconds of finished child processes: less noisy than wall time on
+    a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/creditcard.csv.gz")
@@ -61,21 +70,25 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--labels", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/review")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep the model and events of an earlier run."
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     config = load_config(REPO / "config/config.yaml")
     events, _ = load_events(REPO / "data/demo/creditcard_50k.csv.gz", config.data)
     split = time_split(events, config.data.split)
-    model = args.out / "model"
+    model, events_path = args.out / "model", args.out / "events.parquet"
     start = time.perf_counter()
-    Detector(config).fit(split.train, validation=split.validation).save(model)
+    if not (args.reuse and model.is_dir()):
+        Detector(config).fit(split.train, validation=split.validation).save(model)
     fit_s = time.perf_counter() - start
-
-    events_path = args.out / "events.parquet"
-    rows = _build_input(args.data, args.rows, events_path)
+    if not (args.reuse and events_path.is_file()):
+        _build_input(args.data, args.rows, events_path)
     detector = Detector.load(model)
     raw = read_table(events_path)
+    rows = len(raw)
     ids = event_ids(raw, detector.config.data)
     store = args.out / "labels.db"
     store.unlink(missing_ok=True)
@@ -98,6 +111,7 @@ def main() -> None:
     )
 
     commands: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for name, extra in [
         ("top", ["--strategy", "top"]),
         ("uncertain", ["--strategy", "uncertain"]),
@@ -110,9 +124,10 @@ def main() -> None:
             "--output", str(args.out / f"queue_{name.replace(' --', '_')}.csv"), "--quiet",
             *extra,
         ]  # fmt: skip
-        start = time.perf_counter()
+        start, before = time.perf_counter(), _child_cpu()
         subprocess.run(command, check=True)
         commands[name] = round(time.perf_counter() - start, 2)
+        cpu[name] = round(_child_cpu() - before, 2)
     result = {
         "rows": rows,
         "budget": args.budget,
@@ -120,6 +135,8 @@ def main() -> None:
         "fit_on_demo_s": round(fit_s, 1),
         "steps_s": steps,
         "command_s": commands,
+        "command_cpu_s": cpu,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     (args.out / "bench_review.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
