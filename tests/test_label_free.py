@@ -18,7 +18,7 @@ from hybrid_ad.data import EVENT_SECONDS, time_split, validate_events
 from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ConfigError
 from hybrid_ad.evaluation import budget_alerts, choose_threshold, daily_precision
-from hybrid_ad.label_free import TailScale, soft_targets
+from hybrid_ad.label_free import HistogramDetector, TailScale, soft_targets
 from tests.conftest import make_events, small_config_dict
 
 runner = CliRunner()
@@ -139,6 +139,23 @@ def test_tail_scale_counts_ties_and_is_monotone() -> None:
     assert np.all(np.diff(surprise) >= 0)
     again = TailScale.from_dict(json.loads(json.dumps(scale.to_dict())), "x")
     np.testing.assert_array_equal(again.transform(train), scale.transform(train))
+
+
+def test_histogram_scores_equal_pyods_own() -> None:
+    """The numpy scoring gives PyOD's HBOS scores exactly, inside, near and beyond the bins."""
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(4000, 5))
+    train[:, 2] = rng.poisson(0.2, 4000)  # few distinct values: empty bins
+    detector = HistogramDetector().fit(train)
+    new = rng.normal(scale=3.0, size=(5000, 5))
+    new[:, 2] = rng.poisson(1.0, 5000)
+    edges = detector.model_.bin_edges_
+    width = edges[1, 0] - edges[0, 0]
+    new[:4, 0] = edges[0, 0] - width * np.array([0.0, 0.49, 0.51, 5.0])  # within tol and not
+    new[4:8, 0] = edges[-1, 0] + width * np.array([0.0, 0.49, 0.51, 5.0])
+    new[8:12, 0] = edges[[0, 1, 5, 10], 0]  # on the edges
+    expected = detector.model_.decision_function(new)
+    assert np.array_equal(detector.decision_function(new), expected)
 
 
 def test_soft_targets_average_over_log_uniform_contamination_rates() -> None:

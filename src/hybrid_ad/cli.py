@@ -220,6 +220,56 @@ def score(
 
 @app.command()
 @_user_errors
+def review(
+    model: Annotated[Path, typer.Option("--model", help="Saved model directory (OUT/model).")],
+    input: Annotated[Path, typer.Option("--input", help="Events to choose from.")],
+    budget: Annotated[int, typer.Option("--budget", help="Events in the queue (per day).")],
+    output: Annotated[Path, typer.Option("--output", help="Queue CSV; QUEUE.html beside it.")],
+    per_day: Annotated[
+        bool, typer.Option("--per-day", help="The budget per calendar day (UTC) of event time.")
+    ] = False,
+    strategy: Annotated[str, typer.Option("--strategy", help="top, uncertain or mixed.")] = "mixed",
+    store: Annotated[
+        str | None, typer.Option("--store", help="Label store: its events are skipped.")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """The events an analyst should review next, with scores and reasons (CSV and HTML)."""
+    from hybrid_ad.review import review_file
+
+    progress = ProgressReporter(enabled=not quiet)
+    result = review_file(model, input, output, budget, strategy, per_day, store, progress)
+    progress.log(
+        f"queued {len(result.queue):,} of {result.events:,} events ({result.skipped_labelled:,} "
+        f"already labelled) -> {result.csv_path}, {result.html_path}"
+    )
+
+
+@app.command()
+@_user_errors
+def drift(
+    model: Annotated[Path, typer.Option("--model", help="Saved model directory (OUT/model).")],
+    input: Annotated[Path, typer.Option("--input", help="Events to compare.")],
+    output: Annotated[Path, typer.Option("--output", help="DRIFT.json; DRIFT.html beside it.")],
+    window: Annotated[str, typer.Option("--window", help="Time window: 6h, 1d, 1w.")] = "1d",
+    threshold: Annotated[float, typer.Option("--threshold", help="Flag PSI above this.")] = 0.2,
+    min_rows: Annotated[
+        int, typer.Option("--min-rows", help="Windows with fewer events are not judged.")
+    ] = 100,
+    quiet: QuietOption = False,
+) -> None:
+    """PSI and KS of every judge input and stage score per window against the model's
+    reference profile (JSON and HTML)."""
+    from hybrid_ad.monitoring.model_drift import drift_file
+
+    progress = ProgressReporter(enabled=not quiet)
+    report = drift_file(model, input, output, window, threshold, min_rows, progress)
+    flagged = ", ".join(report["flagged_columns"]) or "nothing"
+    progress.log(f"windows: {len(report['windows']):,}; flagged: {flagged} -> {output}")
+
+
+@app.command()
+@_user_errors
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Event log to write: Parquet, CSV or CSV.gz.")],
     kind: Annotated[

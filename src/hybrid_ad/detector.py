@@ -31,6 +31,7 @@ from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.judge import Judge
 from hybrid_ad.label_free import HistogramDetector, TailScale, prior, soft_targets
+from hybrid_ad.monitoring.reference import REFERENCE_FILE, DriftReference, score_columns
 from hybrid_ad.progress import QUIET, ProgressReporter
 from hybrid_ad.rules import RuleResult, RuleSet
 
@@ -78,6 +79,7 @@ class Detector:
         self.judge_: Judge | None = None
         self.judge_uses_autoencoder_ = True
         self.threshold_: float | None = None
+        self.drift_reference_: DriftReference | None = None
         self.data_sha256_: str | None = None
         self.known_labels: pd.Series | None = None
         """For `judge.label_source: mixed`: a label store's labels (0/1) by event id."""
@@ -175,11 +177,16 @@ class Detector:
             )
         self.judge_ = judge
         label = self.config.data.label
+        held_out_scores = judge.predict_proba(held_out_inputs)
         self.threshold_, _ = choose_threshold(
-            judge.predict_proba(held_out_inputs),
+            held_out_scores,
             held_out[EVENT_SECONDS].to_numpy(),
             self.config.evaluation,
             held_out[label].to_numpy(np.int8) if truth and label is not None else None,
+        )
+        self.drift_reference_ = DriftReference.fit(
+            pd.DataFrame(inputs, columns=names),
+            score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
         )
         return self
 
@@ -321,6 +328,22 @@ class Detector:
             }
             reasons.append(json.dumps(payload, separators=(",", ":")))
         return reasons
+
+    def monitored(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> pd.DataFrame:
+        """What drift monitoring watches, per event, in input order: every judge input by
+        name and each stage's output as `score:<stage>` (`hybrid_ad.monitoring.reference`)."""
+        events = self._events(frame, source, history=history)
+        outputs = self._outputs(events)
+        inputs, names = self._judge_matrix(outputs)
+        scores = self._stage_scores(outputs, self._fitted_judge().predict_proba(inputs))
+        values = pd.concat([pd.DataFrame(inputs, columns=names), score_columns(scores)], axis=1)
+        return values.set_axis(events.index)
+
+    @staticmethod
+    def _stage_scores(outputs: StageOutputs, judge: np.ndarray) -> dict[str, np.ndarray]:
+        return {**{name: outputs.signal(name) for name in SIGNALS}, "judge": judge}
 
     def predict_proba(self, frame: Events) -> np.ndarray:
         """scikit-learn convention: columns are P(normal), P(anomaly)."""
@@ -506,6 +529,8 @@ class Detector:
         }
         if self.judge_ is not None:
             files["judge.json"] = self.judge_.to_bytes()
+        if self.drift_reference_ is not None:
+            files[REFERENCE_FILE] = self.drift_reference_.to_bytes()
         manifest = {
             "package": "hybrid-ad",
             "package_version": hybrid_ad.__version__,
@@ -567,6 +592,9 @@ class Detector:
         detector.tail_scales_ = {name: TailScale.from_dict(scales[name], name) for name in SIGNALS}
         if "judge.json" in files:
             detector.judge_ = Judge.from_bytes(config.judge, files["judge.json"], config.seed)
+        if REFERENCE_FILE in files:
+            source = f"{directory}/{REFERENCE_FILE}"
+            detector.drift_reference_ = DriftReference.from_bytes(files[REFERENCE_FILE], source)
         detector.data_sha256_ = manifest.get("data_sha256")
         return detector
 

@@ -99,12 +99,34 @@ class HistogramDetector:
         return self
 
     def decision_function(self, inputs: np.ndarray) -> np.ndarray:
-        """Higher is more anomalous: minus the summed log densities of the event's bins."""
+        """Higher is more anomalous: minus the summed log densities of the event's bins.
+
+        PyOD's own scoring, vectorised with numpy: PyOD's is a numba kernel compiled on first
+        use in every process (5-17 s on this machine), which dominated `score` and `review`
+        start-up. Same bins, `alpha` and `tol` rule, same sum (a test checks equality).
+        """
         if self.model_ is None:
             raise RuntimeError("HistogramDetector used before fit")
-        return np.asarray(
-            self.model_.decision_function(np.asarray(inputs, dtype=np.float64)), dtype=np.float64
-        )
+        values = np.asarray(inputs, dtype=np.float64)
+        hist, edges = np.asarray(self.model_.hist_), np.asarray(self.model_.bin_edges_)
+        alpha, tol, n_bins = self.model_.alpha, self.model_.tol, hist.shape[0]
+        scores = np.empty_like(values)
+        for column in range(values.shape[1]):
+            x, edge = values[:, column], edges[:, column]
+            log_density = np.log2(hist[:, column] + alpha)
+            index = np.digitize(x, edge, right=True)
+            below_near = edge[0] - x <= (edge[1] - edge[0]) * tol
+            above_near = x - edge[-1] <= (edge[-1] - edge[-2]) * tol
+            rarest = log_density.min()
+            scores[:, column] = np.select(
+                [index == 0, index == n_bins + 1],
+                [
+                    np.where(below_near, log_density[0], rarest),
+                    np.where(above_near, log_density[-1], rarest),
+                ],
+                log_density[np.clip(index - 1, 0, n_bins - 1)],
+            )
+        return -np.sum(scores, axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         if self.model_ is None:

@@ -165,12 +165,7 @@ def drift(
     frame is one window. A window with fewer than `min_rows` rows gets no figures (too noisy
     to judge) and no flags. Returns a JSON-ready dict.
     """
-    try:
-        width = parse_duration(window)
-    except ValueError as exc:
-        raise InputError(f"drift window: {exc}") from None
-    if width <= 0:
-        raise InputError(f"drift window: {window!r} must be longer than zero")
+    width = window_seconds(window)
     missing = [column for column in profile.columns if column not in frame.columns]
     if missing:
         raise InputError(f"drift input: missing column '{missing[0]}'")
@@ -193,6 +188,17 @@ def drift(
         "flagged_columns": flagged,
         "windows": windows,
     }
+
+
+def window_seconds(window: str) -> float:
+    """The length of a drift window (`6h`, `1d`, `2w`) in seconds; an `InputError` if bad."""
+    try:
+        width = parse_duration(window)
+    except ValueError as exc:
+        raise InputError(f"drift window: {exc}") from None
+    if width <= 0:
+        raise InputError(f"drift window: {window!r} must be longer than zero")
+    return width
 
 
 def _window(
