@@ -50,6 +50,10 @@ def test_the_reference_is_saved_with_the_model_and_checked(model: Path, tmp_path
     ]
     assert {"z_V1", "z_Amount", "autoencoder_surprise", "rule_score"} <= set(reference.inputs)
     assert set(reference.profile.columns) == {*reference.inputs, *reference.scores}
+    rows = {name: column.rows for name, column in reference.profile.columns.items()}
+    assert rows["z_V1"] == rows["rule_score"] == 3000  # training part
+    assert rows["autoencoder_surprise"] == rows["histogram_surprise"] == 1000  # validation
+    assert rows["score:judge"] == rows["score:autoencoder"] == 1000
     copy = tmp_path / "model"
     copy.mkdir()
     for file in model.iterdir():

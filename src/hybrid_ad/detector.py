@@ -186,6 +186,7 @@ class Detector:
         )
         self.drift_reference_ = DriftReference.fit(
             pd.DataFrame(inputs, columns=names),
+            pd.DataFrame(held_out_inputs, columns=names),
             score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
         )
         return self

@@ -30,7 +30,12 @@ from hybrid_ad.monitoring.drift import (
     drift,
     window_seconds,
 )
-from hybrid_ad.monitoring.reference import REFERENCE_FILE, SCORE_PREFIX, DriftReference
+from hybrid_ad.monitoring.reference import (
+    FITTED_INPUTS,
+    REFERENCE_FILE,
+    SCORE_PREFIX,
+    DriftReference,
+)
 from hybrid_ad.pages import escape, figure_uri, table, write_page
 from hybrid_ad.progress import QUIET, ProgressReporter
 
@@ -82,6 +87,7 @@ def drift_file(
         "window": window,
         "reference": {
             "inputs": "training part",
+            "fitted_inputs": {"names": list(FITTED_INPUTS), "part": "validation part"},
             "scores": "validation part",
             "training_rows": reference.training_rows,
             "validation_rows": reference.validation_rows,
@@ -121,7 +127,8 @@ def write_drift_page(
         "<p>PSI (population stability index) over the reference's quantile bins: under 0.1 "
         "is usually read as stable, over 0.2 as drift. KS: the largest gap between the "
         "window's and the reference's distribution functions. Judge inputs are compared with "
-        "the training part, stage scores (score:…) with the validation part.</p>",
+        "the training part, stage scores (score:…) and the inputs made by fitted models "
+        f"({', '.join(FITTED_INPUTS)}) with the validation part.</p>",
         summary,
     ]
     plots = 0

@@ -4,7 +4,8 @@ Saved as `drift_reference.json` in the model directory (listed in the manifest l
 other file). Two parts, chosen so that data from the training distribution does not drift:
 
 - every judge input, profiled on the **training** part: the data the models were fitted on,
-  and the longest stretch of time, so time-of-day inputs see every hour;
+  and the longest stretch of time, so time-of-day inputs see every hour; except the inputs
+  that are fitted models' outputs (`FITTED_INPUTS`), profiled on validation like the scores;
 - each stage's output (rules, autoencoder, histogram detector) and the final judge score, as
   `score:<stage>`, profiled on the **validation** part: out of sample, as new events will be
   (on training events the autoencoder and the judge were fitted, so their outputs there are
@@ -26,6 +27,9 @@ from hybrid_ad.monitoring.drift import DEFAULT_BINS, ReferenceProfile
 
 REFERENCE_FILE = "drift_reference.json"
 SCORE_PREFIX = "score:"
+FITTED_INPUTS = ("autoencoder_surprise", "histogram_surprise")
+"""Judge inputs made by models fitted on the training part, which look better there than on
+any new events: profiled on validation."""
 
 
 class DriftReference(StrictModel):
@@ -39,13 +43,19 @@ class DriftReference(StrictModel):
     profile: ReferenceProfile
 
     @classmethod
-    def fit(cls, inputs: pd.DataFrame, scores: pd.DataFrame) -> DriftReference:
-        """Profile `inputs` (training events) and `scores` (validation events), column by
-        column; the two frames' columns must not share names."""
+    def fit(
+        cls, inputs: pd.DataFrame, validation_inputs: pd.DataFrame, scores: pd.DataFrame
+    ) -> DriftReference:
+        """Profile the judge's `inputs` on training events (`FITTED_INPUTS` from
+        `validation_inputs`) and `scores` on validation events; inputs and scores must not
+        share names."""
         if set(inputs.columns) & set(scores.columns):
             raise ValueError("input and score columns share a name")
+        fitted = [name for name in inputs.columns if name in FITTED_INPUTS]
+        plain = [name for name in inputs.columns if name not in FITTED_INPUTS]
         profiles = {
-            **ReferenceProfile.fit(inputs, list(inputs.columns), DEFAULT_BINS).columns,
+            **ReferenceProfile.fit(inputs, plain, DEFAULT_BINS).columns,
+            **ReferenceProfile.fit(validation_inputs, fitted, DEFAULT_BINS).columns,
             **ReferenceProfile.fit(scores, list(scores.columns), DEFAULT_BINS).columns,
         }
         return cls(
