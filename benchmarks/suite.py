@@ -18,7 +18,6 @@ folder (`config/tabular_zscore.yaml`: row number as time, generic z-score rules)
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -31,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -64,24 +62,10 @@ def suite_datasets(creditcard: Path, anomaly_dir: Path) -> dict[str, Dataset]:
 
 
 def suite_config(path: Path, overrides: list[str]) -> Any:
-    """The shipped config with `key.path=value` overrides (values read as YAML), validated.
+    """The shipped config with `key.path=value` overrides (as `--set` on the command line)."""
+    from hybrid_ad.config import load_config
 
-    Uses `load_config(path, overrides=...)` where the package has it; otherwise applies the
-    overrides to the validated config's dict form and validates again (same result).
-    """
-    from hybrid_ad.config import config_from_dict, config_to_dict, load_config
-
-    if "overrides" in inspect.signature(load_config).parameters:
-        return load_config(path, overrides=overrides)
-    raw = config_to_dict(load_config(path))
-    for override in overrides:
-        key, _, value = override.partition("=")
-        *parents, leaf = key.split(".")
-        section = raw
-        for parent in parents:
-            section = section[parent]
-        section[leaf] = yaml.safe_load(value)
-    return config_from_dict(raw, f"{path} with {' '.join(overrides)}")
+    return load_config(path, overrides=overrides)
 
 
 def event_file(dataset: Dataset, data_dir: Path) -> Path:

@@ -119,6 +119,9 @@ def test_tied_scores_never_overrun_the_budget() -> None:
     assert threshold == 3.0 and (scores >= threshold).sum() == 10
     threshold, _ = choose_threshold(scores, seconds, EvaluationConfig(alert_rate=0.005))
     assert threshold == 3.0  # the top group alone is over the budget: it is still alerted
+    saturated = np.r_[np.zeros(900), np.full(97, 0.9), np.ones(3)]  # ties just past the edge
+    threshold, _ = choose_threshold(saturated, seconds, EvaluationConfig(alert_rate=0.09))
+    assert threshold == 0.9  # 100 alerts for a budget of 90, not 3
 
 
 def test_daily_precision_is_the_mean_of_each_days_share() -> None:

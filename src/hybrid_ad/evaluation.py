@@ -59,12 +59,11 @@ def choose_threshold(
     values = np.asarray(scores, dtype=np.float64)
     ordered = np.sort(values)[::-1]
     threshold = ordered[alerts - 1]
-    if (values >= threshold).sum() > alerts:
-        # Tied scores (a rule score is a sum of weights) would overrun the budget: alert on
-        # the next higher score instead, unless even the highest group is over it.
-        higher = ordered[ordered > threshold]
-        if len(higher):
-            threshold = higher[-1]
+    with_ties, without_ties = (values >= threshold).sum(), (values > threshold).sum()
+    if abs(without_ties - alerts) < abs(with_ties - alerts):
+        # Tied scores (a rule score is a sum of weights) at the budget's edge: leave the tied
+        # group out when that comes closer to the budget than alerting on all of it.
+        threshold = ordered[ordered > threshold][-1]
     return float(threshold), policy
 
 
