@@ -122,6 +122,8 @@ def test_tied_scores_never_overrun_the_budget() -> None:
     saturated = np.r_[np.zeros(900), np.full(97, 0.9), np.ones(3)]  # ties just past the edge
     threshold, _ = choose_threshold(saturated, seconds, EvaluationConfig(alert_rate=0.09))
     assert threshold == 0.9  # 100 alerts for a budget of 90, not 3
+    constant = np.zeros(1000)  # nothing above the tie: every event is alerted
+    assert choose_threshold(constant, seconds, EvaluationConfig(alert_rate=0.01))[0] == 0.0
 
 
 def test_daily_precision_is_the_mean_of_each_days_share() -> None:

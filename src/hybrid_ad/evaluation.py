@@ -60,7 +60,7 @@ def choose_threshold(
     ordered = np.sort(values)[::-1]
     threshold = ordered[alerts - 1]
     with_ties, without_ties = (values >= threshold).sum(), (values > threshold).sum()
-    if abs(without_ties - alerts) < abs(with_ties - alerts):
+    if without_ties and abs(without_ties - alerts) < abs(with_ties - alerts):
         # Tied scores (a rule score is a sum of weights) at the budget's edge: leave the tied
         # group out when that comes closer to the budget than alerting on all of it.
         threshold = ordered[ordered > threshold][-1]
