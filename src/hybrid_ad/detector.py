@@ -10,6 +10,7 @@ prepared events to probabilities, so live and batch scores agree.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import platform
 from collections.abc import Mapping
@@ -137,8 +138,6 @@ class Detector:
 
     def _select_autoencoder_inputs(self, scaled_names: list[str]) -> list[int]:
         """Positions of the inputs named by `autoencoder.inputs` (globs; `z_` prefix dropped)."""
-        import fnmatch
-
         names = [name.removeprefix("z_") for name in scaled_names]
         chosen = []
         for pattern in self.config.autoencoder.inputs:
