@@ -91,6 +91,18 @@ def _unique(items: Sequence[Any], what: str) -> None:
         raise ValueError(f"duplicate {what}: {seen[0]!r}")
 
 
+def _positive_distinct_windows(windows: list[str], what: str) -> list[str]:
+    """Windows that parse, are positive and differ in seconds ('1h' and '60m' are one)."""
+    seconds = []
+    for spec in windows:
+        value = parse_duration(spec)
+        if value <= 0:
+            raise ValueError(f"{what} {spec!r} must be positive")
+        seconds.append(value)
+    _unique(seconds, "window (in seconds)")
+    return windows
+
+
 def _key_columns(key: str | Sequence[str]) -> tuple[str, ...]:
     """The columns of an entity key: one for a plain key, several for a composite one."""
     return (key,) if isinstance(key, str) else tuple(key)
@@ -138,14 +150,7 @@ class LabelRiskConfig(BaseModel):
     @field_validator("windows")
     @classmethod
     def _valid_windows(cls, windows: list[str]) -> list[str]:
-        seconds = []
-        for spec in windows:
-            value = parse_duration(spec)
-            if value <= 0:
-                raise ValueError(f"duration {spec!r} must be positive")
-            seconds.append(value)
-        _unique(seconds, "window (in seconds)")
-        return windows
+        return _positive_distinct_windows(windows, "duration")
 
     @field_validator("delay")
     @classmethod
@@ -238,14 +243,7 @@ class BehaviouralConfig(BaseModel):
     @field_validator("windows")
     @classmethod
     def _valid_windows(cls, windows: list[str]) -> list[str]:
-        seconds = []
-        for spec in windows:
-            value = parse_duration(spec)
-            if value <= 0:
-                raise ValueError(f"window {spec!r} must be positive")
-            seconds.append(value)
-        _unique(seconds, "window (in seconds)")
-        return windows
+        return _positive_distinct_windows(windows, "window")
 
     @field_validator("last_n")
     @classmethod

@@ -130,7 +130,6 @@ class Detector:
             )
         self.autoencoder_ = autoencoder
         self.histogram_ = HistogramDetector().fit(train_features.scaled)
-        self.tail_scales_ = {}
         outputs = self._outputs(train)
         self.tail_scales_ = {name: TailScale().fit(outputs.signal(name)) for name in SIGNALS}
         self.judge_ = None
@@ -484,7 +483,7 @@ class Detector:
         return prepared.rows(0, cut), prepared.rows(cut, len(ordered))
 
     def _require_unsupervised(self) -> None:
-        if self.features_ is None or self.rules_ is None or self.tail_scales_ is None:
+        if self.features_ is None or self.rules_ is None or self.histogram_ is None:
             raise RuntimeError("Detector is not fitted: call fit (or fit_unsupervised) first")
 
     def _fitted_judge(self) -> Judge:
