@@ -25,13 +25,13 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hybrid_ad.behavioural import (  # noqa: E402
+from hybrid_ad.behavioural.batch import (  # noqa: E402
     BehaviouralConfig,
     LabelRiskConfig,
     compute_batch,
     feature_names,
 )
-from hybrid_ad.behavioural_live import FeatureState  # noqa: E402
+from hybrid_ad.behavioural.live import FeatureState  # noqa: E402
 
 DAY = 86400.0
 

@@ -32,8 +32,8 @@ from xgboost import XGBClassifier
 
 from hybrid_ad.config import load_config
 from hybrid_ad.data import EVENT_SECONDS
-from hybrid_ad.pipeline import load_data
-from hybrid_ad.rules import calendar_flags
+from hybrid_ad.jobs.pipeline import load_data
+from hybrid_ad.stages.rules import calendar_flags
 
 REPO = Path(__file__).resolve().parents[1]
 STANDARD = [

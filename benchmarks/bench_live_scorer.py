@@ -20,7 +20,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hybrid_ad.detector import Detector  # noqa: E402
+from hybrid_ad.core.detector import Detector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

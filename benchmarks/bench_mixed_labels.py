@@ -24,11 +24,11 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from hybrid_ad.config import config_from_dict, config_to_dict, load_config
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import event_ids, read_table
-from hybrid_ad.detector import Detector
+from hybrid_ad.jobs.pipeline import load_data
 from hybrid_ad.labels import open_store
 from hybrid_ad.lifecycle.retrain import retrain
-from hybrid_ad.pipeline import load_data
 
 
 def main() -> None:

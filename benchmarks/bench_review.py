@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 
 from hybrid_ad.config import load_config
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import event_ids, load_events, read_table, time_split
-from hybrid_ad.detector import Detector
-from hybrid_ad.features import prepare_events
+from hybrid_ad.jobs.review import review_queue
 from hybrid_ad.labels import open_store
-from hybrid_ad.review import review_queue
+from hybrid_ad.stages.features import prepare_events
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_DAYS = 2 * 86_400

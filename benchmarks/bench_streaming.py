@@ -21,12 +21,12 @@ from pathlib import Path
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
-from hybrid_ad.behavioural import feature_names  # noqa: E402
-from hybrid_ad.behavioural_live import FeatureState  # noqa: E402
+from hybrid_ad.behavioural.batch import feature_names  # noqa: E402
+from hybrid_ad.behavioural.live import FeatureState  # noqa: E402
 from hybrid_ad.config import load_config  # noqa: E402
 from hybrid_ad.data import EVENT_SECONDS, validate_events  # noqa: E402
-from hybrid_ad.features import prepare_events  # noqa: E402
-from hybrid_ad.simulate import simulate_events  # noqa: E402
+from hybrid_ad.simulation.streaming import simulate_events  # noqa: E402
+from hybrid_ad.stages.features import prepare_events  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

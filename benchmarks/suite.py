@@ -102,8 +102,8 @@ def run_one(
     """The pipeline as `hybrid-ad run` runs it, then (with `peers`) the peers on its inputs.
 
     `overrides` come after the suite's own (data.path, judge.label_source)."""
-    from hybrid_ad.detector import Detector
-    from hybrid_ad.pipeline import Timer, evaluate_step, load_data
+    from hybrid_ad.core.detector import Detector
+    from hybrid_ad.jobs.pipeline import Timer, evaluate_step, load_data
     from hybrid_ad.progress import QUIET
 
     settings = [f"data.path={data_path}", f"judge.label_source={mode}", *overrides]

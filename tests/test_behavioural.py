@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from hybrid_ad.behavioural import (
+from hybrid_ad.behavioural.batch import (
     BehaviouralConfig,
     LabelRiskConfig,
     behavioural_config_from_dict,
@@ -21,7 +21,7 @@ from hybrid_ad.behavioural import (
     feature_names,
     parse_duration,
 )
-from hybrid_ad.behavioural_live import FeatureState
+from hybrid_ad.behavioural.live import FeatureState
 from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}

@@ -102,7 +102,7 @@ def test_score_keeps_rows_and_order(workspace: Path, ran: dict) -> None:
     assert scored.columns[0] == "event_id"
     assert scored["event_id"].tolist() == event_ids(events, DataConfig()).tolist()
     assert {"score", "alert", "rule_score", "reconstruction_error", "rules_hit"} <= set(scored)
-    from hybrid_ad.detector import Detector
+    from hybrid_ad.core.detector import Detector
 
     direct = Detector.load(workspace / "out" / "model").score(events)
     pd.testing.assert_series_equal(
@@ -161,7 +161,7 @@ def test_staged_step_refuses_other_data(workspace: Path, ran: dict) -> None:
 
 
 def test_download_offline_says_how_to_pass_a_file(monkeypatch, tmp_path: Path) -> None:
-    import hybrid_ad.download as download
+    import hybrid_ad.jobs.download as download
 
     monkeypatch.setattr(download, "OPENML_API", "http://127.0.0.1:9/api")
     _fails_with(["download", "--cache-dir", str(tmp_path)], "--data PATH")
@@ -182,7 +182,7 @@ def test_console_script_exit_code_and_single_line(tmp_path: Path) -> None:
 
 
 def test_arff_from_openml_becomes_csv() -> None:
-    from hybrid_ad.download import arff_to_csv
+    from hybrid_ad.jobs.download import arff_to_csv
 
     arff = (
         b"% comment\n@RELATION cc\n@ATTRIBUTE 'Time' REAL\n@ATTRIBUTE Class {0,1}\n"

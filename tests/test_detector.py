@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import Config, config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import DataConfig, time_split, validate_events
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError
 
 from .conftest import small_config_dict

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import config_from_dict
-from hybrid_ad.detector import Detector
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.errors import ConfigError, InputError
-from hybrid_ad.features import prepare_events
+from hybrid_ad.stages.features import prepare_events
 
 from .conftest import make_events, small_config_dict
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import DataConfig, config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import event_ids, feature_columns, read_table
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import InputError
-from hybrid_ad.pipeline import score_file
+from hybrid_ad.jobs.pipeline import score_file
 from hybrid_ad.progress import ProgressReporter
 
 from .conftest import make_events, small_config_dict

@@ -473,7 +473,7 @@ def trained_copy(workspace: Path, tmp_path: Path) -> Path:
 def test_a_failure_after_the_report_leaves_the_previous_outputs(
     trained_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     before = snapshot(trained_copy)
     assert "reports/index.html" in before and "model/manifest.json" in before
@@ -490,7 +490,8 @@ def test_a_failure_after_the_report_leaves_the_previous_outputs(
 
 KILL_AFTER_REPORT = """
 import os, signal, sys
-from hybrid_ad import cli, pipeline
+from hybrid_ad import cli
+from hybrid_ad.jobs import pipeline
 
 def write_then_die(out_dir, metrics):
     assert (out_dir / "reports" / "index.html").is_file()

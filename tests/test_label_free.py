@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
 from hybrid_ad.config import EvaluationConfig, config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import EVENT_SECONDS, time_split, validate_events
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ConfigError
 from hybrid_ad.evaluation import budget_alerts, choose_threshold, daily_precision
-from hybrid_ad.label_free import HistogramDetector, TailScale, soft_targets
+from hybrid_ad.stages.label_free import HistogramDetector, TailScale, soft_targets
 from tests.conftest import make_events, small_config_dict
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
 from hybrid_ad.config import config_from_dict
-from hybrid_ad.detector import Detector
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.errors import ArtifactError
 from hybrid_ad.monitoring.model_drift import drift_file
 from hybrid_ad.monitoring.reference import REFERENCE_FILE

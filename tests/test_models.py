@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hybrid_ad.autoencoder import Autoencoder
 from hybrid_ad.config import AutoencoderConfig, DataConfig, FeaturesConfig, JudgeConfig
 from hybrid_ad.data import validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.features import FeatureBuilder
-from hybrid_ad.judge import Judge
+from hybrid_ad.stages.autoencoder import Autoencoder
+from hybrid_ad.stages.features import FeatureBuilder
+from hybrid_ad.stages.judge import Judge
 
 
 def test_scaler_uses_training_rows_only(events: pd.DataFrame) -> None:

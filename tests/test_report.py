@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybrid_ad.report import markdown_table, write_report
+from hybrid_ad.reporting.report import markdown_table, write_report
 
 STAGES = ("rules", "autoencoder", "judge", "judge_without_autoencoder")
 PNGS = (

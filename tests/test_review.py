@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
 from hybrid_ad.config import config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import EVENT_SECONDS, event_ids
-from hybrid_ad.detector import Detector
-from hybrid_ad.features import prepare_events
+from hybrid_ad.jobs.review import EXPLORE_SHARE, review_file, review_queue
 from hybrid_ad.labels import open_store
-from hybrid_ad.review import EXPLORE_SHARE, review_file, review_queue
+from hybrid_ad.stages.features import prepare_events
 
 from .conftest import make_events, small_config_dict
 

@@ -5,7 +5,7 @@ import pytest
 from hybrid_ad.config import RulesConfig
 from hybrid_ad.data import EVENT_SECONDS
 from hybrid_ad.errors import InputError
-from hybrid_ad.rules import RuleSet
+from hybrid_ad.stages.rules import RuleSet
 
 
 def _rules(*rules: dict, threshold: float = 1.0) -> RulesConfig:

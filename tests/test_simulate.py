@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from hybrid_ad.evaluation import recall_by_kind
-from hybrid_ad.simulate import (
+from hybrid_ad.simulation.streaming import (
     ANOMALY_KINDS,
     COLUMNS,
     COUNTRIES,

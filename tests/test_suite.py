@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hybrid_ad.config import load_config
-from hybrid_ad.pipeline import run
+from hybrid_ad.jobs.pipeline import run
 from hybrid_ad.progress import QUIET
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from hybrid_ad.cli import app
 from hybrid_ad.config import FeaturesConfig, HourOfDay, config_from_dict, load_config
 from hybrid_ad.data import EVENT_SECONDS
 from hybrid_ad.errors import ConfigError
-from hybrid_ad.features import FeatureBuilder
-from hybrid_ad.rules import calendar_flags
-from hybrid_ad.simulate_transactions import FRAUD_SCENARIOS, simulate_transactions
+from hybrid_ad.simulation.transactions import FRAUD_SCENARIOS, simulate_transactions
+from hybrid_ad.stages.features import FeatureBuilder
+from hybrid_ad.stages.rules import calendar_flags
 
 from .conftest import small_config_dict
 

@@ -30,8 +30,8 @@ from hybrid_ad.lifecycle import cli as lifecycle_cli
 from hybrid_ad.progress import ProgressReporter
 
 if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
-    from hybrid_ad import pipeline
-    from hybrid_ad.detector import Detector
+    from hybrid_ad.jobs import pipeline
+    from hybrid_ad.core.detector import Detector
 
 app = typer.Typer(
     add_completion=False,
@@ -85,7 +85,7 @@ def _user_errors(command: F) -> F:
 def _setup(
     config_path: Path, out: Path | None, quiet: bool, overrides: list[str] | None
 ) -> tuple[Config, Path, ProgressReporter]:
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     config = load_config(config_path, overrides or ())
     out_dir = out or config.artifacts.out_dir
@@ -103,7 +103,7 @@ def _trained(
     needs_judge: bool = False,
 ) -> tuple[pipeline.LoadedData, Detector, Path, ProgressReporter]:
     """What every step after `train-ae` starts from: the data and the detector saved so far."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     settings, out_dir, progress = _setup(config, out, quiet, overrides)
     loaded = pipeline.load_data(settings, data)
@@ -122,7 +122,7 @@ def run(
     set_: SetOption = None,
 ) -> None:
     """Fit every stage, evaluate them on the test split, write the report, save the model."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     settings, out_dir, progress = _setup(config, out, quiet, set_)
     metrics = pipeline.run(settings, data, out_dir, progress)
@@ -140,7 +140,7 @@ def train_ae(
     set_: SetOption = None,
 ) -> None:
     """Fit rules, scaling and the autoencoder; save them to OUT/model (no judge yet)."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     settings, out_dir, progress = _setup(config, out, quiet, set_)
     loaded = pipeline.load_data(settings, data)
@@ -158,7 +158,7 @@ def embed(
     set_: SetOption = None,
 ) -> None:
     """Write reconstruction errors and embeddings of each split to OUT/embeddings/*.parquet."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     for path in pipeline.embed_step(detector, loaded, out_dir):
@@ -175,7 +175,7 @@ def train_judge(
     set_: SetOption = None,
 ) -> None:
     """Fit the judge on top of the saved label-free stages and save the whole detector."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_)
     pipeline.train_judge_step(detector, loaded, out_dir)
@@ -192,7 +192,7 @@ def evaluate(
     set_: SetOption = None,
 ) -> None:
     """Compare every stage on the test split; write metrics.json and the HTML report."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     loaded, detector, out_dir, progress = _trained(config, data, out, quiet, set_, needs_judge=True)
     with published_outputs(out_dir, pipeline.OUTPUTS) as stage:
@@ -211,7 +211,7 @@ def score(
     quiet: QuietOption = False,
 ) -> None:
     """Score events with a saved model: one output row per input row, in input order."""
-    from hybrid_ad import pipeline
+    from hybrid_ad.jobs import pipeline
 
     progress = ProgressReporter(enabled=not quiet)
     rows = pipeline.score_file(model, input, output, progress)
@@ -235,7 +235,7 @@ def review(
     quiet: QuietOption = False,
 ) -> None:
     """The events an analyst should review next, with scores and reasons (CSV and HTML)."""
-    from hybrid_ad.review import review_file
+    from hybrid_ad.jobs.review import review_file
 
     progress = ProgressReporter(enabled=not quiet)
     result = review_file(model, input, output, budget, strategy, per_day, store, progress)
@@ -297,7 +297,7 @@ def simulate(
     """Simulate a labelled event log: a video-streaming service's events with four kinds of
     anomaly (--kind streaming), or card transactions with customer and terminal ids and the
     fraud handbook's three scenarios (--kind transactions)."""
-    from hybrid_ad.simulate import simulate_events, write_events
+    from hybrid_ad.simulation.streaming import simulate_events, write_events
 
     progress = ProgressReporter(enabled=not quiet)
     check_output_file(out, "--out")
@@ -318,7 +318,7 @@ def simulate(
     accounts = 1000 if accounts is None else accounts
     try:
         if kind == "transactions":
-            from hybrid_ad.simulate_transactions import simulate_transactions
+            from hybrid_ad.simulation.transactions import simulate_transactions
 
             frame = simulate_transactions(customers, terminals, days, seed, start or "2018-04-01")
             labels, what = "is_fraud", "fraud_scenario"
@@ -347,15 +347,15 @@ def download(
     quiet: QuietOption = False,
 ) -> None:
     """Fetch OpenML `creditcard` (id 1597) into a local cache."""
-    from hybrid_ad.download import download_creditcard
+    from hybrid_ad.jobs.download import download_creditcard
 
     path = download_creditcard(cache_dir, ProgressReporter(enabled=not quiet))
     stdout.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
-    from hybrid_ad import pipeline
-    from hybrid_ad.report import markdown_table
+    from hybrid_ad.jobs import pipeline
+    from hybrid_ad.reporting.report import markdown_table
 
     sys.stdout.write(markdown_table(metrics) + "\n")
     if not quiet:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hybrid_ad.behavioural import BehaviouralConfig
+from hybrid_ad.behavioural.batch import BehaviouralConfig
 from hybrid_ad.errors import ConfigError, format_validation_error
 
 SECTIONS = ("data", "rules", "features", "autoencoder", "judge", "evaluation", "artifacts")
@@ -223,7 +223,7 @@ class AutoencoderConfig(StrictModel):
 
 
 class PseudoLabelConfig(StrictModel):
-    """How the judge learns without labels (hybrid_ad.label_free); one default for all data.
+    """How the judge learns without labels (hybrid_ad.stages.label_free); one default for all data.
 
     Each signal's score becomes a surprise against the training events; their mean is the
     prior, and the judge's target is the share of contamination rates in

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import event_ids
-from hybrid_ad.detector import Detector
+from hybrid_ad.jobs.pipeline import load_data
 from hybrid_ad.labels import open_store
 from hybrid_ad.lifecycle.registry import Registry
-from hybrid_ad.pipeline import load_data
 from tests.conftest import make_events, small_config_dict
 
 

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import config_from_dict
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import event_ids, validate_events
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ConfigError, InputError
+from hybrid_ad.jobs.pipeline import load_data
 from hybrid_ad.labels import open_store
 from hybrid_ad.lifecycle.retrain import label_snapshot, retrain
-from hybrid_ad.pipeline import load_data
 from tests.conftest import make_events, small_config_dict
 
 CUT_OFF = "2026-02-01T00:00:00Z"

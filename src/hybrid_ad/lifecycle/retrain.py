@@ -25,12 +25,12 @@ import pandas as pd
 
 from hybrid_ad.artifacts import MANIFEST, read_model_dir, sha256_bytes
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.detector import Detector
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.errors import ArtifactError
-from hybrid_ad.features import PreparedEvents
+from hybrid_ad.jobs.pipeline import LoadedData, load_data
 from hybrid_ad.labels.store import TIME_FORMAT, TimeLike, open_store, safe_location, utc_timestamp
-from hybrid_ad.pipeline import LoadedData, load_data
 from hybrid_ad.progress import QUIET, ProgressReporter
+from hybrid_ad.stages.features import PreparedEvents
 
 SNAPSHOT_COLUMNS = ("event_id", "label", "source", "labelled_at")
 """What identifies a label snapshot: its sha256 is over these columns, one row per event."""

@@ -31,7 +31,7 @@ import pandas as pd
 from pydantic import Field, ValidationError, model_validator
 
 from hybrid_ad.artifacts import atomic_write_json
-from hybrid_ad.behavioural import parse_duration
+from hybrid_ad.behavioural.batch import parse_duration
 from hybrid_ad.config import StrictModel
 from hybrid_ad.errors import ArtifactError, InputError, format_validation_error
 

@@ -19,10 +19,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hybrid_ad.artifacts import atomic_write_json
+from hybrid_ad.core.detector import Detector, readable_input
 from hybrid_ad.data import EVENT_SECONDS, read_table
-from hybrid_ad.detector import Detector, readable_input
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.features import prepare_events
 from hybrid_ad.monitoring.drift import (
     DEFAULT_MIN_ROWS,
     DEFAULT_THRESHOLD,
@@ -36,8 +35,9 @@ from hybrid_ad.monitoring.reference import (
     SCORE_PREFIX,
     DriftReference,
 )
-from hybrid_ad.pages import escape, figure_uri, table, write_page
 from hybrid_ad.progress import QUIET, ProgressReporter
+from hybrid_ad.reporting.pages import escape, figure_uri, table, write_page
+from hybrid_ad.stages.features import prepare_events
 
 SCORE_CHUNK = 50_000
 MAX_PLOTS = 60

@@ -13,7 +13,7 @@ an id only the first in the file is a candidate), ties broken by file order:
 - `mixed` (default): `1 - EXPLORE_SHARE` of the budget (rounded up) on `top`, the rest on
   exploration: among the events below the threshold, those with the highest *rarity*, the
   mean surprise of the three label-free signals (rules, autoencoder, histogram detector;
-  `hybrid_ad.label_free.TailScale`), i.e. events the label-free views find unusual and the
+  `hybrid_ad.stages.label_free.TailScale`), i.e. events the label-free views find unusual and the
   judge does not. If there are too few of those, `top` fills the rest of the budget.
 
 With `per_day`, the budget applies to each calendar day (UTC) of event time separately.
@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hybrid_ad.core.detector import SIGNALS, Detector
 from hybrid_ad.data import EVENT_ID, EVENT_SECONDS, event_ids, read_table, write_table
-from hybrid_ad.detector import SIGNALS, Detector
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.monitoring.reference import SCORE_PREFIX
-from hybrid_ad.pages import escape, table, write_page
 from hybrid_ad.progress import QUIET, ProgressReporter
+from hybrid_ad.reporting.pages import escape, table, write_page
+from hybrid_ad.stages.features import PreparedEvents, prepare_events
 
 STRATEGIES = ("top", "uncertain", "mixed")
 EXPLORE_SHARE = 0.2

@@ -23,18 +23,18 @@ import pandas as pd
 
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
-from hybrid_ad.autoencoder import Autoencoder
-from hybrid_ad.behavioural_live import DeadLetter, FeatureState
+from hybrid_ad.behavioural.live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
 from hybrid_ad.data import EVENT_SECONDS, check_training_range, event_ids, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import choose_threshold
-from hybrid_ad.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
-from hybrid_ad.judge import Judge
-from hybrid_ad.label_free import HistogramDetector, TailScale, prior, soft_targets
 from hybrid_ad.monitoring.reference import REFERENCE_FILE, DriftReference, score_columns
 from hybrid_ad.progress import QUIET, ProgressReporter
-from hybrid_ad.rules import RuleResult, RuleSet
+from hybrid_ad.stages.autoencoder import Autoencoder
+from hybrid_ad.stages.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
+from hybrid_ad.stages.judge import Judge
+from hybrid_ad.stages.label_free import HistogramDetector, TailScale, prior, soft_targets
+from hybrid_ad.stages.rules import RuleResult, RuleSet
 
 Events = pd.DataFrame | PreparedEvents
 """What every method takes: a raw frame, or events already prepared by `prepare_events`."""
@@ -199,7 +199,7 @@ class Detector:
         self, events: pd.DataFrame, outputs: StageOutputs, reference: np.ndarray
     ) -> np.ndarray:
         """The judge's targets: the label column in `truth` mode; otherwise soft targets from
-        the label-free prior, against the training prior `reference` (hybrid_ad.label_free),
+        the label-free prior, against the training prior `reference` (hybrid_ad.stages.label_free),
         replaced in `mixed` mode by the known label (0/1) where `known_labels` has the event."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from hybrid_ad.behavioural import _CANCELLATION, _two_prod, _variance
+from hybrid_ad.behavioural.batch import CANCELLATION, compensated_variance, two_prod
 
 # header columns of a slot
 LAST_T, END, BASE, OFFSET, CAP, FRESH = 0, 1, 2, 3, 4, 5
@@ -117,8 +117,8 @@ def _extreme_columns(n_windows: int, n_values: int) -> list[int]:
     ]
 
 
-_nb_two_prod = njit(cache=True)(_two_prod)
-_nb_variance = njit(cache=True)(_variance)
+_nb_two_prod = njit(cache=True)(two_prod)
+_nb_variance = njit(cache=True)(compensated_variance)
 
 
 @njit(cache=True)
@@ -296,7 +296,7 @@ def _features(
                     q_lo = h[a + SQ_LO]
                     nq = n * (q_hi + q_lo)
                     d = nq - total * total
-                    if d > _CANCELLATION * nq:
+                    if d > CANCELLATION * nq:
                         var = d / (n * n)
                     else:
                         var = _nb_variance(float(n), s_hi, s_lo, q_hi, q_lo)

@@ -4,7 +4,7 @@ Fraud and abuse show up as behaviour over time (a customer spending five times t
 amount, an account with a burst of events), so the features describe each event against the
 history of its entity *before* it. `BehaviouralConfig` declares the features once;
 `compute_batch` computes them vectorised over a whole history, and the live engine
-(`hybrid_ad.behavioural_live.FeatureState`) computes them event by event with bounded memory.
+(`hybrid_ad.behavioural.live.FeatureState`) computes them event by event with bounded memory.
 The two engines share the config parsing, the feature names and the numeric formulas, and the
 test suite proves they agree to 1e-9 relative.
 
@@ -328,7 +328,7 @@ def behavioural_config_from_dict(raw: Any, source: str = "<behavioural>") -> Beh
 
 
 @dataclass(frozen=True)
-class _Plan:
+class FeaturePlan:
     """Everything both engines need, derived once from the config."""
 
     keys: tuple[tuple[str, ...], ...]
@@ -379,7 +379,7 @@ class _Plan:
                 names += [f"label_rate_{label}", f"labelled_events_{label}"]
         return names
 
-    def for_key(self, index: int) -> _Plan:
+    def for_key(self, index: int) -> FeaturePlan:
         """The plan of one entity key: without the label-risk features if it does not get them."""
         if self.key_risk[index]:
             return self
@@ -393,14 +393,14 @@ class _Plan:
         ]
 
 
-def _plan(config: BehaviouralConfig) -> _Plan:
+def feature_plan(config: BehaviouralConfig) -> FeaturePlan:
     risk = config.label_risk
     ttl = math.inf if config.entity_ttl is None else parse_duration(config.entity_ttl)
     delay = parse_duration(risk.delay) if risk else None
     windows = risk.windows if risk else []
     keys = tuple(_key_columns(key) for key in config.entity_keys)
     columns = tuple(config.entity_columns)
-    return _Plan(
+    return FeaturePlan(
         keys=keys,
         columns=columns,
         key_positions=tuple(tuple(columns.index(col) for col in key) for key in keys),
@@ -428,7 +428,7 @@ def _plan(config: BehaviouralConfig) -> _Plan:
 
 def feature_names(config: BehaviouralConfig) -> list[str]:
     """Output columns of both engines, in order: per key, per window, per value, per aggregate."""
-    return _plan(config).names()
+    return feature_plan(config).names()
 
 
 # --- shared numerics: error-free transformations -----------------------------------------------
@@ -436,13 +436,13 @@ def feature_names(config: BehaviouralConfig) -> list[str]:
 # arrays (batch engine): IEEE operations are correctly rounded in both, so equal inputs give
 # bitwise equal outputs.
 
-_CANCELLATION = 2.0**-10
+CANCELLATION = 2.0**-10
 """Variance by plain n*Q - S^2 when it keeps at least this share of n*Q (error < 1e-12
-relative); otherwise by the double-double `_variance`. Both engines branch the same way."""
+relative); otherwise by the double-double `compensated_variance`. Both engines branch alike."""
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's constant for splitting a double in halves
 
 
-def _two_prod(a: Any, b: Any) -> tuple[Any, Any]:
+def two_prod(a: Any, b: Any) -> tuple[Any, Any]:
     """(p, e) with p = fl(a*b) and p + e == a*b exactly (Dekker)."""
     p = a * b
     c = _SPLITTER * a
@@ -456,10 +456,10 @@ def _two_prod(a: Any, b: Any) -> tuple[Any, Any]:
 
 def _square(x: Any) -> tuple[Any, Any]:
     """x*x as an exact (hi, lo) pair."""
-    return _two_prod(x, x)
+    return two_prod(x, x)
 
 
-def _variance(n: Any, s_hi: Any, s_lo: Any, q_hi: Any, q_lo: Any) -> Any:
+def compensated_variance(n: Any, s_hi: Any, s_lo: Any, q_hi: Any, q_lo: Any) -> Any:
     """Population variance from double-double sum and sum of squares of n values.
 
     n*Q - S^2 is formed in double-double (the two products by Dekker, inlined for the live
@@ -489,14 +489,14 @@ def _variance(n: Any, s_hi: Any, s_lo: Any, q_hi: Any, q_lo: Any) -> Any:
 # --- batch engine -----------------------------------------------------------------------------
 
 
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], role: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], role: str) -> None:
     for column in columns:
         if column not in frame.columns:
             raise InputError(f"behavioural features: unknown {role} column '{column}'")
 
 
 def _numeric(frame: pd.DataFrame, column: str, role: str) -> np.ndarray:
-    array = _as_array(frame[column])
+    array = as_float_array(frame[column])
     finite = np.isfinite(array)
     if not finite.all():
         row = int(np.argmin(finite))
@@ -697,14 +697,14 @@ def compute_batch(
     decides ties), and the features still come back in the frame's row order, so a caller
     need not reorder (copy) a frame and then its features.
     """
-    plan = _plan(config)
-    _require_columns(frame, [time_column], "time")
-    _require_columns(frame, plan.columns, "entity")
-    _require_columns(frame, plan.values, "value")
+    plan = feature_plan(config)
+    require_columns(frame, [time_column], "time")
+    require_columns(frame, plan.columns, "entity")
+    require_columns(frame, plan.values, "value")
     if plan.risk_delay is not None:
         if label_column is None:
             raise InputError("behavioural features: label_risk is configured but no label column")
-        _require_columns(frame, [label_column], "label")
+        require_columns(frame, [label_column], "label")
     times = _numeric(frame, time_column, "time") if sort else _batch_times(frame, time_column)
     column_codes = [_entity_codes(frame, column) for column in plan.columns]
     values = [_numeric(frame, column, "value") for column in plan.values]
@@ -732,7 +732,7 @@ def compute_batch(
 
 
 def _range_features(
-    plan: _Plan,
+    plan: FeaturePlan,
     j: np.ndarray,
     x: list[np.ndarray],
     sums: list[tuple[np.ndarray, np.ndarray]],
@@ -766,8 +766,8 @@ def _range_features(
                     nq = safe * (q_hi + q_lo)
                     d = nq - total * total
                     var = d / (safe * safe)
-                    hard = np.flatnonzero((count > 1) & ~(d > _CANCELLATION * nq))  # near-constant
-                    var[hard] = _variance(
+                    hard = np.flatnonzero((count > 1) & ~(d > CANCELLATION * nq))  # near-constant
+                    var[hard] = compensated_variance(
                         safe[hard], s_hi[hard], s_lo[hard], q_hi[hard], q_lo[hard]
                     )
                     target[rows] = np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), 0.0)
@@ -783,7 +783,7 @@ def _range_features(
 
 
 def _batch_one_key(
-    plan: _Plan,
+    plan: FeaturePlan,
     codes: tuple[np.ndarray, int],
     times: np.ndarray,
     values: list[np.ndarray],
@@ -859,7 +859,7 @@ def _batch_one_key(
             put(n_known)
 
 
-def _as_array(series: pd.Series) -> np.ndarray:
+def as_float_array(series: pd.Series) -> np.ndarray:
     """float64 values; anything non-numeric becomes NaN (and then a dead letter)."""
     if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
         series = pd.to_numeric(series, errors="coerce")

@@ -1,11 +1,11 @@
 """Live engine of the behavioural features: `FeatureState`, one event (or micro-batch) at a time.
 
-It computes the features `hybrid_ad.behavioural` declares, from each entity's history before the
-event, with bounded memory, and its state round-trips through JSON. The batch engine
-(`hybrid_ad.behavioural.compute_batch`) computes the same features over a whole history with a
+It computes the features `hybrid_ad.behavioural.batch` declares, from each entity's history
+before the event, with bounded memory, and its state round-trips through JSON. The batch engine
+(`batch.compute_batch`) computes the same features over a whole history with a
 different algorithm (vectorised prefix sums); the test suite proves the two agree to 1e-9
 relative. This module maps events and entity keys to the compiled kernel's slots
-(`hybrid_ad._live_kernel`), which holds the per-entity state in numpy arrays.
+(`hybrid_ad.behavioural.kernel`), which holds the per-entity state in numpy arrays.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from hybrid_ad import _live_kernel as kernel
-from hybrid_ad.behavioural import BehaviouralConfig, _as_array, _Plan, _plan, _require_columns
+from hybrid_ad.behavioural import kernel
+from hybrid_ad.behavioural.batch import (
+    BehaviouralConfig,
+    FeaturePlan,
+    as_float_array,
+    feature_plan,
+    require_columns,
+)
 from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
 __all__ = ["DeadLetter", "FeatureState"]
@@ -73,7 +79,7 @@ class FeatureState:
         *,
         time_column: str = "time",
     ) -> None:
-        plan = _plan(config)
+        plan = feature_plan(config)
         if plan.risk_delay is not None and label_column is None:
             raise ConfigError("behavioural: label_risk is configured but no label column given")
         self.config = config
@@ -81,7 +87,7 @@ class FeatureState:
         self.label_column = label_column
         self.dead_letters: list[DeadLetter] = []
         self.evicted = 0
-        self._plan = plan
+        self.feature_plan = plan
         self._names = plan.names()
         self._plain_keys = all(len(key) == 1 for key in plan.keys)  # then keys = entity columns
         # per key, its value from the entity columns' values: one value, or a tuple of several
@@ -179,19 +185,19 @@ class FeatureState:
         The rows are checked column by column, then go through the compiled kernel a chunk at
         a time; only malformed rows take the per-row path, to find their reason.
         """
-        plan = self._plan
+        plan = self.feature_plan
         needed = [(self.time_column, "time")]
         needed += [(column, "entity") for column in plan.columns]
         needed += [(value, "value") for value in plan.values]
         if plan.risk_delay is not None and self.label_column is not None:
             needed.append((self.label_column, "label"))
         for column, role in needed:
-            _require_columns(frame, [column], role)
+            require_columns(frame, [column], role)
         n = len(frame)
-        times = _as_array(frame[self.time_column])
+        times = as_float_array(frame[self.time_column])
         values = np.empty((n, len(plan.values)))
         for v, column in enumerate(plan.values):
-            values[:, v] = _as_array(frame[column])
+            values[:, v] = as_float_array(frame[column])
         suspect = ~np.isfinite(times) | ~np.isfinite(values).all(axis=1)
         for column in plan.columns:
             suspect |= frame[column].isna().to_numpy()
@@ -266,7 +272,7 @@ class FeatureState:
             state.evicted = int(data["evicted"])
             if len(data["entities"]) != len(state._tables):
                 raise ValueError("entity tables do not match the entity keys")
-            widths = [len(key) for key in state._plan.keys] or [1]  # the global key is None
+            widths = [len(key) for key in state.feature_plan.keys] or [1]  # the global key is None
             for index, (items, width) in enumerate(zip(data["entities"], widths, strict=True)):
                 for value, saved in items:
                     state._slot_from_dict(index, _from_json_key(value, width), saved)
@@ -292,7 +298,7 @@ class FeatureState:
     def _parse(
         self, event: Mapping[str, Any]
     ) -> tuple[float, tuple | list, list[float], int] | str:
-        plan = self._plan
+        plan = self.feature_plan
         try:
             t = float(event[self.time_column])
             entity = tuple([event[column] for column in plan.columns])
@@ -309,7 +315,7 @@ class FeatureState:
     def _table_keys(self, entity: tuple) -> tuple | list:
         """Per entity table its key: the column's value, a tuple for a composite key, or None
         for the global entity."""
-        if not self._plan.keys:
+        if not self.feature_plan.keys:
             return (None,)
         if self._plain_keys:
             return entity
@@ -367,7 +373,7 @@ class FeatureState:
             return slots, new
         rows = part.iloc[ok] if ok.size < n else part
         for index, (table, columns) in enumerate(
-            zip(self._tables, self._plan.keys or ((),), strict=True)
+            zip(self._tables, self.feature_plan.keys or ((),), strict=True)
         ):
             codes, keys = _factorize_key(rows, columns)
             slot_of = np.empty(len(keys), np.int64)
@@ -429,9 +435,9 @@ class FeatureState:
         """
         if self._watermark[0] < self._next_sweep:
             return
-        floor = self.watermark - self._plan.lateness
+        floor = self.watermark - self.feature_plan.lateness
         slots = self._held_slots()
-        stale = slots[floor - self._header[slots, kernel.LAST_T] > self._plan.ttl]
+        stale = slots[floor - self._header[slots, kernel.LAST_T] > self.feature_plan.ttl]
         self._free_slots(stale.tolist())
         self.evicted += len(stale)
         self._next_sweep = self.watermark + self._sweep_every
@@ -460,9 +466,9 @@ class FeatureState:
             raise ValueError("entity header does not match the config")
         if len(events) != header[kernel.END] - header[kernel.BASE] or header[kernel.FRESH]:
             raise ValueError("buffer length does not match the entity header")
-        n_risk = len(self._plan.risk_horizons) if self._plan.key_risk[table] else 0
+        n_risk = len(self.feature_plan.risk_horizons) if self.feature_plan.key_risk[table] else 0
         problem = kernel.header_problem(
-            header, self._plan.n_windows, len(self._plan.values), n_risk
+            header, self.feature_plan.n_windows, len(self.feature_plan.values), n_risk
         )
         if problem is not None:
             raise ValueError(f"entity {key!r}: {problem}")
@@ -544,7 +550,7 @@ def _label_code(label: Any) -> int:
     raise ValueError(f"label must be 0, 1 or missing, got {label!r}")
 
 
-def _check_event(t: float, entity: tuple, xs: list[float], plan: _Plan) -> str | None:
+def _check_event(t: float, entity: tuple, xs: list[float], plan: FeaturePlan) -> str | None:
     """Why an event cannot be used, or None; mirrors the batch engine's input checks."""
     if not math.isfinite(t):
         return f"time {t!r} is not a finite number"

@@ -23,6 +23,7 @@ from hybrid_ad.artifacts import (
     published_outputs,
 )
 from hybrid_ad.config import Config
+from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import (
     EVENT_ID,
     EVENT_SECONDS,
@@ -34,7 +35,6 @@ from hybrid_ad.data import (
     time_split,
     write_table,
 )
-from hybrid_ad.detector import Detector
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import (
     choose_threshold,
@@ -44,9 +44,9 @@ from hybrid_ad.evaluation import (
     stage_metrics,
     undefined_metrics,
 )
-from hybrid_ad.features import PreparedEvents, prepare_events
 from hybrid_ad.progress import ProgressReporter
-from hybrid_ad.report import write_report
+from hybrid_ad.reporting.report import write_report
+from hybrid_ad.stages.features import PreparedEvents, prepare_events
 
 MODEL_DIR = "model"
 REPORTS_DIR = "reports"

@@ -2,7 +2,7 @@
 day, outlier summaries.
 
 `prepare_events` validates a frame and adds the behavioural features of each event against the
-history before it (`hybrid_ad.behavioural`). `FeatureBuilder` then produces two matrices from
+history before it (`hybrid_ad.behavioural.batch`). `FeatureBuilder` then produces two matrices from
 the same fitted state: the autoencoder's input (scaled columns, behavioural features, hour of
 day) and the judge's extra inputs (outlier summaries, delayed-label risk). Batch scoring and
 live scoring both go through `transform`, so the feature logic exists once.
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.behavioural import BehaviouralConfig, compute_batch, feature_names
+from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, feature_names
 from hybrid_ad.config import Config, FeaturesConfig
 from hybrid_ad.data import EVENT_SECONDS, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.rules import calendar_flags, hour_of_day
+from hybrid_ad.stages.rules import calendar_flags, hour_of_day
 
 
 @dataclass(frozen=True)

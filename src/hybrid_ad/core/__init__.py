@@ -1,0 +1,1 @@
+"""The scoring core: the fitted detector every runtime (batch, stream, service) calls."""

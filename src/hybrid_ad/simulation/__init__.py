@@ -1,0 +1,1 @@
+"""Simulated event logs with labelled anomalies: a streaming service and card transactions."""

@@ -1,0 +1,1 @@
+"""The fitted stages: feature scaling, rules, autoencoder, label-free detectors, judge."""
