@@ -31,8 +31,8 @@ from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.service import cli as service_cli
 
 if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
-    from hybrid_ad.jobs import pipeline
     from hybrid_ad.core.detector import Detector
+    from hybrid_ad.jobs import pipeline
 
 app = typer.Typer(
     add_completion=False,
