@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from hybrid_ad.artifacts import MANIFEST, sha256_bytes
 from hybrid_ad.core.detector import Detector
 from hybrid_ad.errors import ArtifactError, HybridADError
@@ -278,6 +280,9 @@ def _answer(served: ServedModel, scored: Any, n_events: int, single: bool) -> An
     version = json.dumps(served.version)
     items: list[str | None] = [None] * n_events
     scores = scored.scores
+    columns = ("event_id", "score", "alert", "threshold", "reasons")
+    if scores.empty:  # every event a dead letter
+        scores = pd.DataFrame(columns=list(columns))
     for position, event_id, score, alert, threshold, reasons in zip(
         scores.index.tolist(),
         scores["event_id"].tolist(),
