@@ -178,22 +178,22 @@ async def _batches(url: str, bodies: list[bytes], size: int, clients: int):
 def _baseline(model: Path, events: pd.DataFrame, size: int, singles: int) -> dict[str, float]:
     """In-process `score_many` of the same events: one event, then batches of `size`."""
     from hybrid_ad.core.detector import Detector
-    from hybrid_ad.service.compat import open_live
+    from hybrid_ad.service.runtime import EXPLAIN
     from hybrid_ad.service.schema import EventSchema
 
     detector = Detector.load(model)
     schema = EventSchema(detector)
-    live = open_live(detector, None)
+    live = detector.live()
     records = [schema.parse(body)[0][0] for body in _bodies(events.iloc[:singles], 1)]
     latencies = []
     for record in records:
         started = time.perf_counter()
-        live.score_many(schema.columns_of([record]))
+        live.score_many(schema.columns_of([record]), explain=EXPLAIN)
         latencies.append(time.perf_counter() - started)
     batches = [schema.columns_of(schema.parse(body)[0]) for body in _bodies(events, size)]
     started = time.perf_counter()
     for batch in batches:
-        live.score_many(batch)
+        live.score_many(batch, explain=EXPLAIN)
     rate = len(batches) * size / (time.perf_counter() - started)
     p50, p99 = np.percentile(latencies[20:], [50, 99])
     return {"single_p50_ms": p50 * 1e3, "single_p99_ms": p99 * 1e3, "batch_events_s": rate}

@@ -63,7 +63,9 @@ def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     lines = clash.finish().strip().splitlines()
     assert len(lines) == 1 and "in use by hybrid-ad serve pid" in lines[0], lines
     with second.client(None) as client:
-        again = client.post("/v1/score", json=events[119]).json()  # redelivered: not counted
+        again = client.post(
+            "/v1/score", json=events[119]
+        ).json()  # redelivered: not counted  # redelivered: not counted
         for start in range(120, len(events), 60):
             answers += client.post("/v1/score", json=events[start : start + 60]).json()
     assert second.stop() == 0

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hybrid_ad.core.live import ScoredBatch
 from hybrid_ad.monitoring.drift import DEFAULT_MIN_ROWS, ReferenceProfile
 from hybrid_ad.monitoring.reference import SCORE_PREFIX
 
@@ -51,7 +52,7 @@ class DriftWindow:
         self._lock = threading.Lock()
 
     def add(self, scores: pd.DataFrame) -> None:
-        """Append a batch's stage outputs (the scorer's thread)."""
+        """Append a batch's stage outputs (`ScoredBatch.scores`; the scorer's thread)."""
         if not self._columns or scores.empty:
             return
         values = scores[[WATCHED[name] for name in self._columns]].to_numpy(np.float64)
@@ -172,13 +173,14 @@ class ServiceMetrics:
         self.model.labels(version).set(1)
         self.drift.window = DriftWindow(profile)
 
-    def scored(self, scores: pd.DataFrame, dead_letters: int) -> None:
+    def scored(self, scored: ScoredBatch) -> None:
         """Count one scored batch (the scorer's thread)."""
-        self.events.inc(len(scores))
-        if len(scores):
-            self.alerts.inc(int(scores["alert"].sum()))
-            for value in scores["score"].to_numpy():
+        frame = scored.scores
+        self.events.inc(len(frame))
+        if len(frame):
+            self.alerts.inc(int(np.count_nonzero(frame["alert"].to_numpy())))
+            for value in frame["score"].tolist():
                 self.score.observe(value)
-        if dead_letters:
-            self.dead_letters.inc(dead_letters)
-        self.drift.window.add(scores)
+        if scored.dead_letters:
+            self.dead_letters.inc(len(scored.dead_letters))
+        self.drift.window.add(frame)

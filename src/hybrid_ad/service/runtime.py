@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
 from hybrid_ad.artifacts import MANIFEST, sha256_bytes
 from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.live import LiveScorer, ScoredBatch
+from hybrid_ad.core.scoring import Explain
 from hybrid_ad.errors import ArtifactError, HybridADError
 from hybrid_ad.jobs.pipeline import require_judge
 from hybrid_ad.monitoring.drift import ReferenceProfile
-from hybrid_ad.service.compat import open_live
 from hybrid_ad.service.metrics import ServiceMetrics
 from hybrid_ad.service.schema import EventSchema, RequestError
 from hybrid_ad.service.state import StateDir
@@ -35,6 +36,8 @@ from hybrid_ad.service.state import StateDir
 CHECKPOINT_SECONDS = 30.0
 """How often the state is checkpointed to `--state` while events arrive (and at shutdown)."""
 VERSION_DIGITS = 12
+EXPLAIN: Explain = "all"
+"""Every answered event carries its reasons, as `hybrid-ad score` writes them."""
 
 
 class ReloadRefused(Exception):
@@ -46,7 +49,7 @@ class ServedModel:
     """A loaded model with its live scorer and request schema."""
 
     detector: Detector
-    live: Any
+    live: LiveScorer
     schema: EventSchema
     manifest: dict[str, Any]
     path: Path
@@ -182,13 +185,12 @@ class Runtime:
         served = self.current
         assert served is not None
         columns = served.schema.columns_of(events)
-        scored = served.live.score_many(columns)
+        scored = served.live.score_many(columns, explain=EXPLAIN)
         scored_at = time.perf_counter()
         self.metrics.stage_seconds.labels("score").observe(scored_at - started)
         self._unsaved += len(events)
         self._last_events = columns
-        scores = scored.scores
-        self.metrics.scored(scores, len(scored.dead_letters))
+        self.metrics.scored(scored)
         answer = _answer(served, scored, len(events), single)
         self.metrics.stage_seconds.labels("respond").observe(time.perf_counter() - scored_at)
         return answer
@@ -203,7 +205,7 @@ class Runtime:
         state: bytes | None,
     ) -> ServedModel:
         try:
-            live = open_live(detector, state)
+            live = detector.live(state=state)
         except HybridADError as exc:
             where = f"--state {self.state_dir.path}: " if self.state_dir and state else ""
             raise ArtifactError(f"{where}{_one_line(exc)}") from None
@@ -220,13 +222,13 @@ class Runtime:
                 f"({_one_line(exc)})"
             ) from None
         if self._last_events is not None:
-            probe = served.live.score_many(self._last_events, remember=False)
+            probe = served.live.score_many(self._last_events, remember=False, explain="none")
             if probe.dead_letters:
                 raise ReloadRefused(
                     f"{path}: the new model cannot score the last request's events "
                     f"({probe.dead_letters[0].reason})"
                 )
-            if not all(math.isfinite(value) for value in probe.scores["score"]):
+            if not np.isfinite(probe.scores["score"].to_numpy(np.float64)).all():
                 raise ReloadRefused(f"{path}: the new model gives non-finite scores")
         self.current = served
         return served
@@ -274,28 +276,25 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
-def _answer(served: ServedModel, scored: Any, n_events: int, single: bool) -> Answer:
+def _answer(served: ServedModel, scored: ScoredBatch, n_events: int, single: bool) -> Answer:
     """The per-event answers in input order, as JSON built from the scored columns (the
     reasons are already JSON: they are spliced in, not parsed and dumped again)."""
     version = json.dumps(served.version)
     items: list[str | None] = [None] * n_events
-    scores = scored.scores
-    columns = ("event_id", "score", "alert", "threshold", "reasons")
-    if scores.empty:  # every event a dead letter
-        scores = pd.DataFrame(columns=list(columns))
+    columns = scored.scores
     for position, event_id, score, alert, threshold, reasons in zip(
-        scores.index.tolist(),
-        scores["event_id"].tolist(),
-        scores["score"].tolist(),
-        scores["alert"].tolist(),
-        scores["threshold"].tolist(),
-        scores["reasons"].tolist(),
+        columns.index.tolist(),
+        columns["event_id"].tolist(),
+        columns["score"].tolist(),
+        columns["alert"].tolist(),
+        columns["threshold"].tolist(),
+        columns["reasons"].tolist(),
         strict=True,
     ):
         items[position] = (
             f'{{"event_id":{json.dumps(event_id)},"score":{float(score)!r},'
             f'"alert":{"true" if alert else "false"},"threshold":{_number(threshold)},'
-            f'"reasons":{reasons},"model_version":{version}}}'
+            f'"reasons":{reasons or "null"},"model_version":{version}}}'
         )
     id_column = served.detector.config.data.event_id
     for letter in scored.dead_letters:
