@@ -107,6 +107,11 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
 
         ok = client.post("/v1/score", json=[event, {**event, "extra_field": 1}])
         assert ok.status_code == 200 and len(ok.json()) == 2
+        assert set(ok.json()[0]["reasons"]) == {"rules", "judge", "autoencoder"}
+        quick = client.post("/v1/score", params={"reasons": "none"}, json=event).json()
+        assert quick["reasons"] is None and quick["event_id"] == ok.json()[0]["event_id"]
+        unknown = client.post("/v1/score", params={"reasons": "some"}, json=event)
+        assert unknown.status_code == 422 and unknown.json()["error"].startswith("reasons:")
         schema = client.get("/openapi.json").json()["components"]["schemas"]["Event"]
         assert {"timestamp", "account_id", "watch_seconds", "amount"} <= set(schema["required"])
         model = client.get("/v1/model").json()
@@ -119,7 +124,7 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         metrics = client.get("/metrics").text
         assert 'hybrid_ad_request_seconds_count{endpoint="/v1/score",status="422"}' in metrics
         assert 'hybrid_ad_stage_seconds_count{stage="score"}' in metrics
-        assert "hybrid_ad_events_scored_total 201.0" in metrics
+        assert "hybrid_ad_events_scored_total 202.0" in metrics
         assert 'hybrid_ad_drift_psi{column="score:judge"}' in metrics
         assert "hybrid_ad_score_bucket" in metrics and "hybrid_ad_alerts_total" in metrics
     assert server.stop() == 0

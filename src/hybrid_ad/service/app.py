@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.service.metrics import ServiceMetrics
-from hybrid_ad.service.runtime import CHECKPOINT_SECONDS, ReloadRefused, Runtime
+from hybrid_ad.service.runtime import CHECKPOINT_SECONDS, EXPLAIN, ReloadRefused, Runtime
 from hybrid_ad.service.schema import MAX_EVENTS
 from hybrid_ad.service.state import StateDir
 
@@ -39,6 +39,7 @@ GRACEFUL_SECONDS = 30
 """At SIGTERM, requests in flight get this long to finish."""
 OPEN_PATHS = ("/healthz", "/readyz")
 ADMIN_PREFIX = "/v1/admin/"
+EXPLAIN_CHOICES = ("all", "alerts", "none")
 ENDPOINTS = ("/v1/score", "/healthz", "/readyz", "/v1/model", "/metrics", "/v1/admin/reload")
 
 log = logging.getLogger("uvicorn.error")
@@ -202,6 +203,9 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
     @app.post(
         "/v1/score",
         summary="Score one event (an object) or a batch (an array, at most 1,000)",
+        description="`?reasons=all` (default) explains every event; `alerts` only the "
+        "alerting ones (the others get `reasons: null`), `none` none: the judge's TreeSHAP "
+        "contributions are the costly part of scoring.",
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -240,7 +244,14 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
                 {"error": f"body over {MAX_BODY_BYTES} bytes; send at most {MAX_EVENTS} events"},
                 status_code=413,
             )
-        answer = await runtime.score(body)
+        explain = request.query_params.get("reasons", EXPLAIN)
+        if explain not in EXPLAIN_CHOICES:
+            metrics.invalid.labels("validation").inc()
+            return JSONResponse(
+                {"error": f"reasons: expected one of all, alerts, none, got {explain!r}"},
+                status_code=422,
+            )
+        answer = await runtime.score(body, explain)
         return Response(answer.body, status_code=answer.status, media_type="application/json")
 
     @app.get("/healthz", summary="The process is alive")

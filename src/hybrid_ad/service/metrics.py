@@ -131,6 +131,12 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.coalesced = Histogram(
+            "hybrid_ad_coalesced_requests",
+            "Requests scored together in one micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
         self.score = Histogram(
             "hybrid_ad_score", "Judge scores", buckets=SCORE_BUCKETS, registry=registry
         )

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from hybrid_ad.artifacts import MANIFEST, sha256_bytes
 from hybrid_ad.core.detector import Detector
-from hybrid_ad.core.live import LiveScorer, ScoredBatch
+from hybrid_ad.core.live import DeadLetter, LiveScorer
 from hybrid_ad.core.scoring import Explain
 from hybrid_ad.errors import ArtifactError, HybridADError
 from hybrid_ad.jobs.pipeline import require_judge
@@ -36,6 +37,8 @@ from hybrid_ad.service.state import StateDir
 CHECKPOINT_SECONDS = 30.0
 """How often the state is checkpointed to `--state` while events arrive (and at shutdown)."""
 VERSION_DIGITS = 12
+MAX_COALESCED = 1000
+"""Events in one micro-batch at most, over the requests coalesced into it."""
 EXPLAIN: Explain = "all"
 """Every answered event carries its reasons, as `hybrid-ad score` writes them."""
 
@@ -80,6 +83,19 @@ class ServedModel:
         }
 
 
+@dataclass
+class Pending:
+    """A validated request waiting for the scorer."""
+
+    events: list[dict[str, Any]]
+    single: bool
+    explain: Explain
+    submitted: float
+    answer: asyncio.Future[Answer] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 @dataclass(frozen=True)
 class Answer:
     """An HTTP answer built on the scoring thread: status and JSON body."""
@@ -104,6 +120,8 @@ class Runtime:
         self._checkpoint_lock = asyncio.Lock()
         self._unsaved = 0
         self._last_events: dict[str, list[Any]] | None = None
+        self._pending: asyncio.Queue[Pending] | None = None
+        self._batcher: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -154,6 +172,8 @@ class Runtime:
 
     async def stop(self) -> None:
         """Last checkpoint, then the scoring thread ends and the state lock is released."""
+        if self._batcher is not None:
+            self._batcher.cancel()
         try:
             await self.checkpoint(force=True)
         finally:
@@ -163,8 +183,8 @@ class Runtime:
 
     # -- scoring --------------------------------------------------------------------------------
 
-    async def score(self, body: bytes) -> Answer:
-        """Validate a request body against the served schema and score it on the scorer."""
+    async def score(self, body: bytes, explain: Explain = EXPLAIN) -> Answer:
+        """Validate a request body against the served schema and queue it for the scorer."""
         served = self.current
         if served is None:
             return Answer(503, b'{"error":"not ready: the model is loading"}')
@@ -176,24 +196,69 @@ class Runtime:
             payload = {"error": exc.error, "detail": exc.detail}
             return Answer(422, json.dumps(payload).encode())
         self.metrics.stage_seconds.labels("validate").observe(time.perf_counter() - started)
-        submitted = time.perf_counter()
-        return await self._on_scorer(self._score_job, events, single, submitted)
+        request = Pending(events, single, explain, time.perf_counter())
+        if self._pending is None:
+            self._pending = asyncio.Queue()
+            self._batcher = asyncio.create_task(self._coalesce())
+        await self._pending.put(request)
+        return await request.answer
 
-    def _score_job(self, events: list[dict[str, Any]], single: bool, submitted: float) -> Answer:
+    async def _coalesce(self) -> None:
+        """Hand the queued requests to the scorer together: while one micro-batch scores, the
+        requests arriving meanwhile wait, and go as the next one (consecutive requests with
+        the same `explain`, up to `MAX_COALESCED` events). Order is kept: a micro-batch is
+        scored as its requests would be one after the other."""
+        assert self._pending is not None
+        queue = self._pending
+        carried: Pending | None = None
+        while True:
+            first = carried or await queue.get()
+            carried = None
+            group, size = [first], len(first.events)
+            while not queue.empty():
+                following = queue.get_nowait()
+                if (
+                    following.explain != first.explain
+                    or size + len(following.events) > MAX_COALESCED
+                ):
+                    carried = following
+                    break
+                group.append(following)
+                size += len(following.events)
+            try:
+                answers = await self._on_scorer(self._score_group, group)
+            except Exception as exc:  # a bug in one micro-batch must not stop the batcher
+                for request in group:
+                    if not request.answer.done():
+                        request.answer.set_exception(exc)
+                continue
+            for request, answer in zip(group, answers, strict=True):
+                if not request.answer.done():  # the client may have gone
+                    request.answer.set_result(answer)
+
+    def _score_group(self, group: list[Pending]) -> list[Answer]:
         started = time.perf_counter()
-        self.metrics.stage_seconds.labels("queue").observe(started - submitted)
+        for request in group:
+            self.metrics.stage_seconds.labels("queue").observe(started - request.submitted)
         served = self.current
         assert served is not None
+        events = [event for request in group for event in request.events]
         columns = served.schema.columns_of(events)
-        scored = served.live.score_many(columns, explain=EXPLAIN)
+        scored = served.live.score_many(columns, explain=group[0].explain)
         scored_at = time.perf_counter()
         self.metrics.stage_seconds.labels("score").observe(scored_at - started)
+        self.metrics.coalesced.observe(len(group))
         self._unsaved += len(events)
-        self._last_events = columns
+        self._last_events = served.schema.columns_of(group[-1].events)
         self.metrics.scored(scored)
-        answer = _answer(served, scored, len(events), single)
+        answers, offset = [], 0
+        scores, letters = scored.scores, scored.dead_letters
+        for request in group:
+            end = offset + len(request.events)
+            answers.append(_answer(served, scores, letters, offset, end, request.single))
+            offset = end
         self.metrics.stage_seconds.labels("respond").observe(time.perf_counter() - scored_at)
-        return answer
+        return answers
 
     # -- on the scoring thread ------------------------------------------------------------------
 
@@ -276,35 +341,45 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
-def _answer(served: ServedModel, scored: ScoredBatch, n_events: int, single: bool) -> Answer:
-    """The per-event answers in input order, as JSON built from the scored columns (the
-    reasons are already JSON: they are spliced in, not parsed and dumped again)."""
+def _answer(
+    served: ServedModel,
+    scores: pd.DataFrame,
+    letters: list[DeadLetter],
+    start: int,
+    end: int,
+    single: bool,
+) -> Answer:
+    """The answers to one request, events `start` to `end` of the micro-batch, in order, as
+    JSON built from the scored columns (the reasons are already JSON: spliced in, not parsed
+    and dumped again)."""
     version = json.dumps(served.version)
-    items: list[str | None] = [None] * n_events
-    columns = scored.scores
+    items: list[str | None] = [None] * (end - start)
+    if start or end < len(scores) + len(letters):
+        scores = scores[(scores.index >= start) & (scores.index < end)]
+        letters = [letter for letter in letters if start <= letter.position < end]
     for position, event_id, score, alert, threshold, reasons in zip(
-        columns.index.tolist(),
-        columns["event_id"].tolist(),
-        columns["score"].tolist(),
-        columns["alert"].tolist(),
-        columns["threshold"].tolist(),
-        columns["reasons"].tolist(),
+        scores.index.tolist(),
+        scores["event_id"].tolist(),
+        scores["score"].tolist(),
+        scores["alert"].tolist(),
+        scores["threshold"].tolist(),
+        scores["reasons"].tolist(),
         strict=True,
     ):
-        items[position] = (
+        items[position - start] = (
             f'{{"event_id":{json.dumps(event_id)},"score":{float(score)!r},'
             f'"alert":{"true" if alert else "false"},"threshold":{_number(threshold)},'
             f'"reasons":{reasons or "null"},"model_version":{version}}}'
         )
     id_column = served.detector.config.data.event_id
-    for letter in scored.dead_letters:
+    for letter in letters:
         event_id = letter.event.get(id_column) if id_column else None
-        items[letter.position] = (
+        items[letter.position - start] = (
             f'{{"event_id":{json.dumps(event_id, default=str)},'
             f'"error":{json.dumps(letter.reason)},"model_version":{version}}}'
         )
     if single:
-        status = 422 if scored.dead_letters else 200
+        status = 422 if letters else 200
         return Answer(status, (items[0] or "null").encode())
     return Answer(200, ("[" + ",".join(item or "null" for item in items) + "]").encode())
 
