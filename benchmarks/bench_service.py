@@ -17,10 +17,12 @@ so from the second run on the cold start includes restoring a state), then
    same size, from the same events.
 
 Events are the simulated log's last part (after the model's training and validation data),
-sent in time order over the whole benchmark: the streaming model allows no lateness, so an
-event older than the newest one seen is a dead letter. Batches therefore go one client at a
-time by default, and when the part is used up it starts again shifted past its end (a new
-"cycle", entities included). Dead letters are counted apart from errors. Figures are printed
+handed out in time order over the whole benchmark; when the part is used up it starts again
+shifted past its end. Concurrent requests reach the server slightly out of order, and the
+streaming model allows no lateness (an event older than the newest seen is a dead letter), so
+the server gets a copy of the model with `allowed_lateness` = `--lateness` (a live-engine
+setting: nothing is refitted). Dead letters are counted apart from errors. Each phase is
+bounded in count and in time: requests a slow server left unsent are reported. Figures are printed
 as Markdown, medians over the runs last.
 """
 
@@ -140,29 +142,43 @@ async def _paced(url: str, bodies: list[bytes], rate: float, seconds: float, in_
 
         tasks = []
         start = loop.time() + 0.1
+        give_up = start + seconds * 1.25  # bounded in time: a slow server gets the rest unsent
         for i in range(n):
             due = start + i / rate
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             await gate.acquire()
+            if loop.time() > give_up:
+                gate.release()
+                break
             tasks.append(asyncio.create_task(one(bodies[i], due)))
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
-    return np.array(from_due), np.array(from_send), errors, dead, n / elapsed
+    return (
+        np.array(from_due),
+        np.array(from_send),
+        errors,
+        dead,
+        len(tasks) / elapsed,
+        n - len(tasks),
+    )
 
 
-async def _batches(url: str, bodies: list[bytes], size: int, clients: int):
+async def _batches(url: str, bodies: list[bytes], size: int, clients: int, seconds: float):
     """Closed loop: `clients` clients send the batches in turn, each as soon as its last one
-    was answered; (events/s, errors, dead letters)."""
+    was answered, until the batches or `seconds` run out; (events/s, errors, dead letters)."""
     errors, events, dead = 0, 0, 0
     loop = asyncio.get_running_loop()
     queue = iter(bodies)
+    end = loop.time() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def worker() -> None:
             nonlocal errors, events, dead
             for body in queue:
+                if loop.time() > end:
+                    break
                 response = await client.post("/v1/score", content=body, headers=HEADERS)
                 if response.status_code == 200:
                     events += size
@@ -173,6 +189,38 @@ async def _batches(url: str, bodies: list[bytes], size: int, clients: int):
         started = loop.time()
         await asyncio.gather(*(worker() for _ in range(clients)))
         return events / (loop.time() - started), errors, dead
+
+
+def _stage_means(metrics: str) -> dict[str, float]:
+    """From the server's /metrics: mean time per stage (ms) and requests per micro-batch."""
+
+    def total(name: str, labels: str = "") -> float:
+        found = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+-]+)$", metrics, re.MULTILINE)
+        return float(found.group(1)) if found else float("nan")
+
+    means = {}
+    for stage in ("validate", "queue", "score", "respond"):
+        labels = f'{{stage="{stage}"}}'
+        count = total("hybrid_ad_stage_seconds_count", labels)
+        means[f"server_{stage}_ms"] = total("hybrid_ad_stage_seconds_sum", labels) / count * 1e3
+    batches = total("hybrid_ad_coalesced_requests_count")
+    means["requests_per_microbatch"] = total("hybrid_ad_coalesced_requests_sum") / batches
+    return means
+
+
+def _served_copy(model: Path, lateness: str, target: Path) -> Path:
+    """The model with another `allowed_lateness` (a live-engine setting; nothing refitted)."""
+    from hybrid_ad.core.detector import Detector
+
+    detector = Detector.load(model)
+    features = detector.config.features
+    if features.behavioural is not None:
+        behavioural = features.behavioural.model_copy(update={"allowed_lateness": lateness})
+        detector.config = detector.config.model_copy(
+            update={"features": features.model_copy(update={"behavioural": behavioural})}
+        )
+    detector.save(target)
+    return target
 
 
 def _baseline(model: Path, events: pd.DataFrame, size: int, singles: int) -> dict[str, float]:
@@ -209,6 +257,13 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--batch-events", type=int, default=100_000)
+    parser.add_argument("--batch-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--lateness",
+        default="1h",
+        help="allowed_lateness of the served copy of the model (concurrent requests arrive "
+        "out of order; the streaming model allows none)",
+    )
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--json", type=Path, help="Write every figure here as well.")
     args = parser.parse_args()
@@ -219,25 +274,27 @@ def main() -> None:
     timeline = Timeline(tail)
     results: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="bench_service."))
+    model = _served_copy(args.model, args.lateness, workdir / "model")
     state = workdir / "state"
     for run in range(args.runs):
         paced = _bodies(timeline.take(per_run), 1)
         batches = _bodies(timeline.take(args.batch_events), args.batch)
         log = workdir / f"server{run}.log"
-        process, url, to_ready, load = _start(args.model, state, log)
+        process, url, to_ready, load = _start(model, state, log)
         try:
             runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
             with runner:
-                due, sent, errors, dead, achieved = runner.run(
+                due, sent, errors, dead, achieved, unsent = runner.run(
                     _paced(url, paced, args.rate, args.seconds, args.in_flight)
                 )
                 throughput, batch_errors, batch_dead = runner.run(
-                    _batches(url, batches, args.batch, args.clients)
+                    _batches(url, batches, args.batch, args.clients, args.batch_seconds)
                 )
+            stages = _stage_means(httpx.get(f"{url}/metrics", timeout=30).text)
         finally:
             process.terminate()
             code = process.wait(timeout=120)
-        base = _baseline(args.model, tail.iloc[: args.batch * 100], args.batch, 300)
+        base = _baseline(model, tail.iloc[: args.batch * 100], args.batch, 300)
         result = {
             "run": run + 1,
             "cold_start_s": to_ready,
@@ -245,6 +302,7 @@ def main() -> None:
             "exit_code": code,
             "rate_achieved": achieved,
             "requests": len(due),
+            "unsent": unsent,
             "errors": errors,
             "dead_letters": dead,
             "p50_ms": float(np.percentile(due, 50) * 1e3),
@@ -258,6 +316,7 @@ def main() -> None:
             "baseline_single_p99_ms": base["single_p99_ms"],
             "baseline_batch_events_s": base["batch_events_s"],
         }
+        result.update(stages)
         result["p99_ratio"] = result["p99_ms"] / base["single_p99_ms"]
         result["batch_ratio"] = throughput / base["batch_events_s"]
         results.append(result)
