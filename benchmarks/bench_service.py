@@ -132,11 +132,13 @@ async def _paced(url: str, bodies: list[bytes], rate: float, seconds: float, in_
                 done = loop.time()
                 if response.status_code != 200:
                     errors += 1
+                    print(f"answer {response.status_code}: {response.text[:200]}", file=sys.stderr)
                 dead += b'"error"' in response.content
                 from_due.append(done - due)
                 from_send.append(done - sent)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 errors += 1
+                print(f"request failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             finally:
                 gate.release()
 

@@ -37,6 +37,9 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 """A request body above this is refused with 413 (1,000 events take well under 1 MiB)."""
 GRACEFUL_SECONDS = 30
 """At SIGTERM, requests in flight get this long to finish."""
+KEEP_ALIVE_SECONDS = 75
+"""An idle connection is closed after this long: longer than a load balancer's usual 60 s,
+so the server is not the side that closes a connection a client is about to reuse."""
 OPEN_PATHS = ("/healthz", "/readyz")
 ADMIN_PREFIX = "/v1/admin/"
 EXPLAIN_CHOICES = ("all", "alerts", "none")
@@ -194,11 +197,14 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
 
     app.state.hangup = hangup
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("hybrid-ad serve: unexpected error")
+    def unexpected_answer(exc: Exception) -> JSONResponse:
+        log.error("hybrid-ad serve: unexpected error", exc_info=exc)
         message = " ".join(str(exc).split()) or type(exc).__name__
         return JSONResponse({"error": f"internal error: {message}"}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return unexpected_answer(exc)
 
     @app.post(
         "/v1/score",
@@ -251,7 +257,10 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
                 {"error": f"reasons: expected one of all, alerts, none, got {explain!r}"},
                 status_code=422,
             )
-        answer = await runtime.score(body, explain)
+        try:
+            answer = await runtime.score(body, explain)
+        except Exception as exc:  # answered here: re-raised, it would also drop the connection
+            return unexpected_answer(exc)
         return Response(answer.body, status_code=answer.status, media_type="application/json")
 
     @app.get("/healthz", summary="The process is alive")
@@ -366,6 +375,7 @@ def serve(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = Server(config, lambda: app.app.state.hangup())
     server.run(sockets=[listener])
