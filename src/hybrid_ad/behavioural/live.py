@@ -35,6 +35,8 @@ _CHUNK = 65_536
 """`update_many` works through this many rows at a time: entity slots are assigned per chunk
 and idle entities evicted between chunks, so memory stays bounded on long frames."""
 _MIN_HEAP_ROWS = 1024
+_FEW_ROWS = 16
+"""Up to this many events, entity slots are looked up row by row (factorizing costs more)."""
 
 
 class DeadLetter(NamedTuple):
@@ -414,6 +416,12 @@ class FeatureState:
         new: list[int] = []
         ok = np.flatnonzero(~skip)
         if ok.size == 0:
+            return slots, new
+        if ok.size <= _FEW_ROWS:  # a few events: the dictionaries directly, no factorize
+            columns = [keys[column] for column in self.feature_plan.columns]
+            for row in ok.tolist():
+                entity = tuple([values[row] for values in columns])
+                new += self._slots_of_keys(self._table_keys(entity), slots[row])
             return slots, new
         rows = {column: values[ok] for column, values in keys.items()} if ok.size < n else keys
         for index, (table, columns) in enumerate(

@@ -103,6 +103,7 @@ class Autoencoder:
                 optimiser.step()
                 total += float(loss.detach()) * len(batch)
             train_loss = total / len(train_tensor)
+            network.eval()
             validation_loss = float(self._run(network, validation_tensor)[0].mean())
             self.history_.append(
                 {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
@@ -129,10 +130,11 @@ class Autoencoder:
             return difference.abs().mean(dim=1)
         return (difference**2).mean(dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, network: _Network, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-event errors and latent codes, in batches to bound memory."""
-        network.eval()
+        """Per-event errors and latent codes, in batches to bound memory. The network is in
+        eval mode (set after training and on load): switching it per call cost more than a
+        one-row forward pass."""
         errors, latents = [], []
         for start in range(0, len(inputs), SCORE_BATCH):
             batch = inputs[start : start + SCORE_BATCH]
@@ -149,12 +151,11 @@ class Autoencoder:
         errors, latents = self._run(self._fitted(), tensor)
         return errors.double().numpy(), latents.numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def input_errors(self, inputs: np.ndarray) -> np.ndarray:
         """Squared reconstruction error of every input of every event, (n, d): which inputs
         the network could not reproduce, for the reasons of an alert."""
         network = self._fitted()
-        network.eval()
         tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         parts = []
         for start in range(0, len(tensor), SCORE_BATCH):

@@ -20,7 +20,7 @@ from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, featur
 from hybrid_ad.config import Config, FeaturesConfig
 from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.stages.rules import calendar_flags, hour_of_day
+from hybrid_ad.stages.rules import calendar_flags, hour_of_day, joined_names
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ class FeatureMatrix:
 
     def clipped_names(self) -> list[str]:
         """For each event, the input columns clipped to the training range, ';'-joined."""
-        names = np.array(self.clipped_columns, dtype=object)
-        return [";".join(names[row]) for row in self.clipped]
+        return joined_names(self.clipped, self.clipped_columns)
 
 
 class FeatureBuilder:

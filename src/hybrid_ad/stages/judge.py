@@ -120,12 +120,21 @@ class Judge:
             raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
         return np.asarray(scores, dtype=np.float64).reshape(-1)
 
-    def contributions(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Per-input contributions to the log-odds (TreeSHAP), (n, d + 1), the bias last: each
-        row sums to the margin the probability is the sigmoid of."""
+    def contributions(
+        self, inputs: np.ndarray, threads: int | None = None, approximate: bool = False
+    ) -> np.ndarray:
+        """Per-input contributions to the log-odds, (n, d + 1), the bias last: each row sums
+        to the margin the probability is the sigmoid of. Exact TreeSHAP by default;
+        `approximate`: XGBoost's path attribution (Saabas), about 25x faster per event on the
+        streaming model, which ranks the inputs much as TreeSHAP does but is not identical."""
         booster = self._booster(threads)
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+        return booster.predict(
+            matrix,
+            iteration_range=self._rounds(),
+            pred_contribs=True,
+            approx_contribs=approximate,
+        )
 
     def _booster(self, threads: int | None) -> xgb.Booster:
         """The booster, set to `threads` (default: the configured ones) when that changed."""

@@ -62,6 +62,17 @@ def calendar_flags(seconds: np.ndarray, flags: list[str], night: HourOfDay) -> n
     return np.column_stack([columns[flag]() for flag in flags]).astype(np.float64)
 
 
+def joined_names(flags: np.ndarray, names: list[str]) -> list[str]:
+    """Per row of a (rows, names) bool matrix, the names flagged, ';'-joined ('' for none).
+    Only rows with a flag are joined: most events hit no rule and clip nothing."""
+    joined = [""] * len(flags)
+    if flags.size:
+        labels = np.array(names, dtype=object)
+        for row in np.flatnonzero(flags.any(axis=1)).tolist():
+            joined[row] = ";".join(labels[flags[row]])
+    return joined
+
+
 @dataclass(frozen=True)
 class RuleResult:
     """Per-event rule output: which rules hit, the weighted score and the pseudo-label."""
@@ -74,8 +85,7 @@ class RuleResult:
 
     def hit_names(self) -> list[str]:
         """For each event, the names of the rules that hit, joined by ';' ('' for none)."""
-        names = np.array(self.names, dtype=object)
-        return [";".join(names[row]) for row in self.hits]
+        return joined_names(self.hits, self.names)
 
 
 class RuleSet:
