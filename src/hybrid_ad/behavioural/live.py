@@ -201,6 +201,12 @@ class FeatureState:
         """
         return self._kept(frame, self.step(frame), dead_letters=True)
 
+    def fit(self, frame: pd.DataFrame) -> FeatureState:
+        """Learn a history of events (`remember`); returns the state, as scikit-learn's `fit`
+        does. An empty state is usable too: every entity starts afresh."""
+        self.remember(frame)
+        return self
+
     def describe(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Each event's features from the state as it is, and nothing changes: the events do
         not see each other, are not learned and leave no dead letters. Refused rows (late,

@@ -203,7 +203,7 @@ class LiveScorer:
             ids = [ids[i] for i in accepted.tolist()]
             prepared = {name: values[accepted] for name, values in prepared.items()}
             names = self._state.feature_names
-            prepared.update({name: behaviour[:, j] for j, name in enumerate(names)})
+            prepared.update(zip(names, behaviour.T, strict=True))
         return self._result(raw, refused, prepared, positions, ids, explain, contributions)
 
     def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:

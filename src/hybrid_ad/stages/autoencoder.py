@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch import nn
 
 from hybrid_ad.config import AutoencoderConfig
 from hybrid_ad.errors import ArtifactError
+from hybrid_ad.stages.base import Stage, read_json_file
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 SCORE_BATCH = 65_536
@@ -58,7 +59,7 @@ EpochCallback = Callable[[int, float, float], None]
 """Called after each epoch with (epoch, training loss, validation loss)."""
 
 
-class Autoencoder:
+class Autoencoder(Stage):
     """scikit-learn style wrapper: `fit`, then `reconstruction_error` and `embed`."""
 
     def __init__(self, config: AutoencoderConfig, seed: int = 0) -> None:
@@ -170,9 +171,27 @@ class Autoencoder:
         return self.transform(inputs)[1]
 
     def _fitted(self) -> _Network:
-        if self.network_ is None:
-            raise RuntimeError("Autoencoder used before fit")
+        self.check_fitted()
+        assert self.network_ is not None
         return self.network_
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.network_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        weights, meta = self.to_bytes()
+        return {"autoencoder.safetensors": weights, "autoencoder.json": meta}
+
+    def from_files(self, files: Mapping[str, bytes]) -> Autoencoder:
+        if "autoencoder.safetensors" not in files:
+            raise ArtifactError("saved stage lacks autoencoder.safetensors")
+        metadata = read_json_file(files, "autoencoder.json")
+        if not isinstance(metadata, dict):
+            raise ArtifactError("autoencoder.json: expected a JSON object")
+        loaded = self.from_bytes(self.config, files["autoencoder.safetensors"], metadata)
+        vars(self).update(vars(loaded))
+        return self
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -7,13 +7,14 @@ embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import xgboost as xgb
 
 from hybrid_ad.config import JudgeConfig
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.stages.base import Stage
 
 RoundCallback = Callable[[int], None]
 """Called after each boosting round with the round number."""
@@ -29,7 +30,7 @@ class _RoundProgress(xgb.callback.TrainingCallback):
         return False
 
 
-class Judge:
+class Judge(Stage):
     """Binary classifier with early stopping on validation and imbalance weighting."""
 
     def __init__(self, config: JudgeConfig, seed: int = 0) -> None:
@@ -172,9 +173,23 @@ class Judge:
         )
 
     def _fitted(self) -> xgb.Booster:
-        if self.booster_ is None:
-            raise RuntimeError("Judge used before fit")
+        self.check_fitted()
+        assert self.booster_ is not None
         return self.booster_
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.booster_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"judge.json": self.to_bytes()}
+
+    def from_files(self, files: Mapping[str, bytes]) -> Judge:
+        if "judge.json" not in files:
+            raise ArtifactError("saved stage lacks judge.json")
+        loaded = self.from_bytes(self.config, files["judge.json"], self.seed)
+        vars(self).update(vars(loaded))
+        return self
 
     # -- persistence --------------------------------------------------------------------------
 
