@@ -193,7 +193,16 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
         return 200, result
 
     def hangup() -> None:
-        app.state.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(reload()))
+        loop = getattr(app.state, "loop", None)
+        if loop is not None:  # before the lifespan starts there is nothing to reload
+            loop.call_soon_threadsafe(start_reload)
+
+    reloading: set[asyncio.Task[Any]] = set()  # held, so a running reload is not collected
+
+    def start_reload() -> None:
+        task = asyncio.ensure_future(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
 
     app.state.hangup = hangup
 

@@ -135,8 +135,11 @@ class Runtime:
             detector, manifest, path = await asyncio.to_thread(self._load_model)
             state = self.state_dir.load() if self.state_dir is not None else None
             served = await self._on_scorer(self._open, detector, manifest, path, state)
-        except HybridADError as exc:
+        except (HybridADError, OSError) as exc:
             self.failure = _one_line(exc)
+            return
+        except Exception as exc:  # a bug: still one line, and the server exits
+            self.failure = f"internal error while loading: {_one_line(exc) or type(exc).__name__}"
             return
         self.current = served
         self.metrics.served(served.version, None, _profile(detector))
