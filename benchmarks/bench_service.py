@@ -51,6 +51,8 @@ import uvloop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADERS = {"content-type": "application/json"}
+SCORE = "/v1/score"
+"""Set from `--reasons` in `main`."""
 
 
 def _free_port() -> int:
@@ -128,7 +130,7 @@ async def _paced(url: str, bodies: list[bytes], rate: float, seconds: float, in_
             nonlocal errors, dead
             try:
                 sent = loop.time()
-                response = await client.post("/v1/score", content=body, headers=HEADERS)
+                response = await client.post(SCORE, content=body, headers=HEADERS)
                 done = loop.time()
                 if response.status_code != 200:
                     errors += 1
@@ -181,7 +183,7 @@ async def _batches(url: str, bodies: list[bytes], size: int, clients: int, secon
             for body in queue:
                 if loop.time() > end:
                     break
-                response = await client.post("/v1/score", content=body, headers=HEADERS)
+                response = await client.post(SCORE, content=body, headers=HEADERS)
                 if response.status_code == 200:
                     events += size
                     dead += response.content.count(b'"error"')
@@ -225,10 +227,11 @@ def _served_copy(model: Path, lateness: str, target: Path) -> Path:
     return target
 
 
-def _baseline(model: Path, events: pd.DataFrame, size: int, singles: int) -> dict[str, float]:
+def _baseline(
+    model: Path, events: pd.DataFrame, size: int, singles: int, explain: str
+) -> dict[str, float]:
     """In-process `score_many` of the same events: one event, then batches of `size`."""
     from hybrid_ad.core.detector import Detector
-    from hybrid_ad.service.runtime import EXPLAIN
     from hybrid_ad.service.schema import EventSchema
 
     detector = Detector.load(model)
@@ -238,12 +241,12 @@ def _baseline(model: Path, events: pd.DataFrame, size: int, singles: int) -> dic
     latencies = []
     for record in records:
         started = time.perf_counter()
-        live.score_many(schema.columns_of([record]), explain=EXPLAIN)
+        live.score_many(schema.columns_of([record]), explain=explain)
         latencies.append(time.perf_counter() - started)
     batches = [schema.columns_of(schema.parse(body)[0]) for body in _bodies(events, size)]
     started = time.perf_counter()
     for batch in batches:
-        live.score_many(batch, explain=EXPLAIN)
+        live.score_many(batch, explain=explain)
     rate = len(batches) * size / (time.perf_counter() - started)
     p50, p99 = np.percentile(latencies[20:], [50, 99])
     return {"single_p50_ms": p50 * 1e3, "single_p99_ms": p99 * 1e3, "batch_events_s": rate}
@@ -267,8 +270,11 @@ def main() -> None:
         "out of order; the streaming model allows none)",
     )
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--reasons", default="all", choices=["all", "alerts", "none"])
     parser.add_argument("--json", type=Path, help="Write every figure here as well.")
     args = parser.parse_args()
+    global SCORE
+    SCORE = f"/v1/score?reasons={args.reasons}"
     log_events = pd.read_parquet(args.events)
     tail = log_events.iloc[-int(len(log_events) * 0.2) :]  # the test part: after the model's data
     tail = tail.drop(columns=[c for c in ("is_anomaly", "anomaly_kind") if c in tail])
@@ -296,7 +302,7 @@ def main() -> None:
         finally:
             process.terminate()
             code = process.wait(timeout=120)
-        base = _baseline(model, tail.iloc[: args.batch * 100], args.batch, 300)
+        base = _baseline(model, tail.iloc[: args.batch * 100], args.batch, 300, args.reasons)
         result = {
             "run": run + 1,
             "cold_start_s": to_ready,
