@@ -28,6 +28,12 @@ TAIL_POINTS = 512
 """Points kept of each training score distribution: log-spaced ranks, dense in the upper tail."""
 
 
+COLLINEAR = 0.01
+"""Directions of the signals' correlation matrix with an eigenvalue below this share of the
+largest are left out of its inverse: two near-copies of a signal then split its weight,
+instead of the inverse amplifying the noise in their difference."""
+
+
 class TailScale:
     """Turns a detector's scores into surprises, -log(share of training scores >= s).
 
@@ -180,13 +186,15 @@ def decorrelated_weights(surprises: dict[str, np.ndarray]) -> dict[str, float]:
 
     The minimum-variance combination of noisy views of one quantity: independent signals
     weigh alike, and a group of signals that rank events the same way shares the weight one
-    of them would get, so adding a near-copy of a view does not double its say. A constant
+    of them would get, so adding a near-copy of a view does not double its say (near-copies:
+    see `COLLINEAR`). A constant
     signal ranks nothing and weighs 0. Needs no labels; computed on validation events.
     """
     ranking = {name: values for name, values in surprises.items() if np.ptp(values) > 0}
     if not ranking:  # nothing ranks the events: any weights give the same prior
         return {name: 1.0 / len(surprises) for name in surprises}
-    raw = np.linalg.pinv(rank_correlations(ranking)) @ np.ones(len(ranking))
+    correlations = rank_correlations(ranking)
+    raw = np.linalg.pinv(correlations, rcond=COLLINEAR, hermitian=True) @ np.ones(len(ranking))
     clipped = np.clip(raw, 0.0, None)  # sums to 1'C^-1 1 > 0, so some weight is positive
     weights = dict(zip(ranking, clipped / clipped.sum(), strict=True))
     return {name: float(weights.get(name, 0.0)) for name in surprises}
