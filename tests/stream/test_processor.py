@@ -1,0 +1,136 @@
+"""`hybrid-ad stream` on a private Redis: the same scores as batch `score`, whatever the
+micro-batch size; dead letters with their reason and fields, acknowledged; one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import redis
+
+from hybrid_ad.data import read_table
+from tests.stream.conftest import fails_with, invoke, read_stream
+
+
+def publish(workspace: Path, url: str, stream: str, limit: int | None = None) -> None:
+    extra = [] if limit is None else ["--limit", str(limit)]
+    invoke(
+        "publish",
+        "--input",
+        str(workspace / "events.parquet"),
+        "--redis",
+        url,
+        "--stream",
+        stream,
+        *extra,
+    )
+
+
+def stream(workspace: Path, url: str, name: str, checkpoint: Path, *extra: str) -> None:
+    invoke(
+        "stream", "--model", str(workspace / "out" / "model"), "--redis", url,
+        "--stream", name, "--group", "g", "--alerts", f"{name}.alerts",
+        "--scores", f"{name}.scores", "--dead-letters", f"{name}.dead",
+        "--checkpoint", str(checkpoint), "--until-idle", "0.2", *extra,
+    )  # fmt: skip
+
+
+def test_stream_scores_equal_batch_score(
+    stream_workspace: Path, redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    publish(stream_workspace, redis_url, "ev")
+    stream(stream_workspace, redis_url, "ev", tmp_path / "ckpt")
+    model, events = stream_workspace / "out" / "model", stream_workspace / "events.parquet"
+    invoke(
+        "score",
+        "--model",
+        str(model),
+        "--input",
+        str(events),
+        "--output",
+        str(tmp_path / "s.parquet"),
+    )
+    batch = pd.read_parquet(tmp_path / "s.parquet")
+    scores = pd.DataFrame(read_stream(client, "ev.scores"))
+    assert len(scores) == len(batch) == len(read_table(events))
+    assert scores["event_id"].tolist() == batch["event_id"].tolist()
+    np.testing.assert_allclose(scores["score"].astype(float), batch["score"], rtol=1e-9)
+    assert (scores["alert"] == "1").tolist() == batch["alert"].tolist()
+    assert scores["rules_hit"].tolist() == batch["rules_hit"].fillna("").tolist()
+    assert scores["reasons"].tolist() == batch["reasons"].tolist()
+    alerts = pd.DataFrame(read_stream(client, "ev.alerts"))
+    assert batch["alert"].sum() > 0
+    assert alerts["event_id"].tolist() == batch.loc[batch["alert"], "event_id"].tolist()
+    assert set(alerts.columns) >= {"event_id", "score", "threshold", "reasons", "model_version"}
+    assert json.loads(alerts["reasons"].iloc[0])["judge"]
+    assert client.xpending("ev", "g")["pending"] == 0  # all acknowledged
+    assert client.xlen("ev.dead") == 0
+
+
+def test_micro_batch_size_does_not_change_scores(
+    stream_workspace: Path, redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    runs = {}
+    for size in (1, 7, 500):
+        name = f"ev{size}"
+        publish(stream_workspace, redis_url, name, limit=120 if size == 1 else 600)
+        stream(stream_workspace, redis_url, name, tmp_path / name, "--batch", str(size))
+        runs[size] = pd.DataFrame(read_stream(client, f"{name}.scores"))
+    assert len(runs[500]) == 600 and len(runs[1]) == 120
+    for size in (1, 7):
+        part = runs[500].iloc[: len(runs[size])]
+        assert runs[size]["event_id"].tolist() == part["event_id"].tolist()
+        np.testing.assert_allclose(
+            runs[size]["score"].astype(float), part["score"].astype(float), rtol=1e-9
+        )
+
+
+def test_bad_entries_are_dead_letters_and_acknowledged(
+    stream_workspace: Path, redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    publish(stream_workspace, redis_url, "ev", limit=200)
+    good = client.xrange("ev")[-1][1]
+    bad = {
+        "non-numeric": {**good, "amount": "lots"},
+        "missing": {k: v for k, v in good.items() if k != "watch_seconds"},
+        "unknown": {**good, "colour": "red"},
+        "no time": {**good, "timestamp": ""},
+        "late": {**good, "timestamp": "2026-01-01T00:00:00+00:00"},
+    }
+    for fields in bad.values():
+        client.xadd("ev", fields)
+    later = {**good, "timestamp": "2026-01-20T00:00:00+00:00"}
+    client.xadd("ev", later)
+    stream(stream_workspace, redis_url, "ev", tmp_path / "ckpt", "--batch", "50")
+    letters = read_stream(client, "ev.dead")
+    assert len(letters) == len(bad)
+    reasons = [letter["reason"] for letter in letters]
+    assert "'amount'" in reasons[0] and "non-numeric" in reasons[0]
+    assert "watch_seconds" in reasons[1]
+    assert "unknown field 'colour'" in reasons[2]
+    assert "timestamp" in reasons[3]
+    assert reasons[4].startswith("late")
+    assert [json.loads(letter["fields"]) for letter in letters] == list(bad.values())
+    assert all(letter["stream"] == "ev" and letter["entry_id"] for letter in letters)
+    assert client.xlen("ev.scores") == 201  # the others, and the event after the bad ones
+    assert client.xpending("ev", "g")["pending"] == 0
+
+
+def test_checkpoint_and_flags_are_checked(
+    stream_workspace: Path, redis_url: str, tmp_path: Path
+) -> None:
+    publish(stream_workspace, redis_url, "ev", limit=20)
+    stream(stream_workspace, redis_url, "ev", tmp_path / "ckpt")
+    model = str(stream_workspace / "out" / "model")
+    base = ["stream", "--model", model, "--redis", redis_url, "--group", "g", "--alerts", "a"]
+    base += ["--dead-letters", "d", "--until-idle", "0"]
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt")]
+    fails_with([*base, "--stream", "other", *ckpt], "holds stream 'ev' group 'g'")
+    fails_with([*base, "--stream", "a", *ckpt], "--alerts a: is the input stream")
+    fails_with([*base, "--stream", "ev", *ckpt, "--batch", "0"], "--batch")
+    (tmp_path / "file").write_text("x")
+    fails_with([*base, "--stream", "ev", "--checkpoint", str(tmp_path / "file")], "not a directory")
+    (tmp_path / "ckpt" / "checkpoint.json").write_text("{}")
+    fails_with([*base, "--stream", "ev", *ckpt], "damaged checkpoint")
