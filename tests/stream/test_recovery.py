@@ -22,8 +22,8 @@ import redis
 from hybrid_ad.stream.checkpoint import load_checkpoint
 from tests.stream.conftest import invoke, read_stream
 
-EVENTS = 2000
-SETTINGS = ["--batch", "20", "--checkpoint-every", "100"]
+EVENTS = 1500
+SETTINGS = ["--batch", "50", "--checkpoint-every", "150"]
 
 
 def command(workspace: Path, url: str, name: str, checkpoint: Path, *extra: str) -> list[str]:
@@ -119,12 +119,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     feeder = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def feed() -> None:
-        for start in range(0, EVENTS, 10):
+        for start in range(0, EVENTS, 15):
             pipe = feeder.pipeline(transaction=False)
-            for fields in reference["entries"][start : start + 10]:
+            for fields in reference["entries"][start : start + 15]:
                 pipe.xadd("ev", fields)
             pipe.execute()
-            time.sleep(0.1)  # about 100 events/s
+            time.sleep(0.1)  # about 150 events/s
 
     thread = threading.Thread(target=feed)
     thread.start()
