@@ -59,7 +59,10 @@ def test_stream_scores_equal_batch_score(
     np.testing.assert_allclose(scores["score"].astype(float), batch["score"], rtol=1e-9)
     assert (scores["alert"] == "1").tolist() == batch["alert"].tolist()
     assert scores["rules_hit"].tolist() == batch["rules_hit"].fillna("").tolist()
-    assert scores["reasons"].tolist() == batch["reasons"].tolist()
+    alerting = batch["alert"].to_numpy()
+    # reasons for the alerts (the others are not explained, to save the time)
+    assert scores["reasons"][alerting].tolist() == batch["reasons"][alerting].tolist()
+    assert (scores["reasons"][~alerting] == "").all()
     alerts = pd.DataFrame(read_stream(client, "ev.alerts"))
     assert batch["alert"].sum() > 0
     assert alerts["event_id"].tolist() == batch.loc[batch["alert"], "event_id"].tolist()

@@ -119,6 +119,9 @@ def stream_command(
         logger = logging.getLogger("hybrid_ad.stream")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    import torch
+
+    torch.set_num_threads(1)  # one processor, one core: XGBoost runs with one thread too
     detector = Detector.load(model)
     require_judge(detector, model)
     processor = StreamProcessor(detector, model_version(model), connect(redis), options)

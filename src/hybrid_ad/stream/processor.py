@@ -39,7 +39,6 @@ from hybrid_ad.data import EVENT_ID
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stream.checkpoint import Checkpoint, load_checkpoint
 from hybrid_ad.stream.connection import StreamError, first_line, later, parse_id, redis_errors
-from hybrid_ad.stream.shim import ShimLive
 
 if TYPE_CHECKING:
     import redis
@@ -155,7 +154,7 @@ class StreamProcessor:
         if saved is not None:
             self._check_matches(saved)
         self._saved = saved is not None
-        self.live = ShimLive(detector, None if saved is None else saved.state)
+        self.live = detector.live(state=None if saved is None else saved.state)
         self.applied: str | None = None if saved is None else saved.last_id
         self.fields: list[str] | None = None if saved is None else saved.fields
         self._lifetime = (
@@ -404,8 +403,9 @@ class StreamProcessor:
         if accepted:
             assert self.fields is not None
             columns = {name: [fields.get(name) for _, fields in accepted] for name in self.fields}
-            scored = self.live.score_many(columns)
+            scored = self.live.score_many(columns, explain="alerts")
             for letter in scored.dead_letters:
+                assert letter.position is not None
                 entry_id, fields = accepted[letter.position]
                 dead.append((entry_id, fields, letter.reason))
             alerts, scores = self._outputs(scored.scores, accepted)
@@ -445,7 +445,7 @@ class StreamProcessor:
         score = frame["score"].to_numpy().tolist()
         alert = frame["alert"].to_numpy().tolist()
         threshold = frame["threshold"].to_numpy().tolist()
-        reasons = frame["reasons"].astype(str).tolist()
+        reasons = [text if isinstance(text, str) else "" for text in frame["reasons"].tolist()]
         alerts = []
         for i, flagged in enumerate(alert):
             if flagged:
