@@ -322,22 +322,45 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     missing = [column for column in [config.timestamp, *config.entity_keys] if column not in frame]
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
-    features = sorted(feature_columns(frame, config, source))
-    if len(frame) == 0:
-        return pd.Series([], index=frame.index, name=EVENT_ID, dtype=str)
-    block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
-    block[:, 0] = event_seconds(frame, config, source) + 0.0
-    for position, column in enumerate(features, start=1):
-        block[:, position] = numeric_column(frame, column, source) + 0.0
+    features = feature_columns(frame, config, source)
+    seconds = event_seconds(frame, config, source)
+    values = {column: numeric_column(frame, column, source) for column in features}
+    keys = [
+        canonical_text(frame[column], column, source, what="value").tolist()
+        for column in config.entity_keys
+    ]
+    ids = derived_event_ids(seconds, values, keys)
+    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
+
+
+def derived_event_ids(
+    seconds: np.ndarray, features: Mapping[str, np.ndarray], keys: list[list[str]]
+) -> list[str]:
+    """The ids `event_ids` derives, from parsed columns: event times in seconds, each feature
+    column's float64 values by name, and each entity key's canonical text (`canonical_text`),
+    in `data.entity_keys` order. The one definition, for files and live events alike."""
+    n = len(seconds)
+    if n == 0:
+        return []
+    names = sorted(features)
+    block = np.empty((n, 1 + len(names)), dtype="<f8")
+    block[:, 0] = np.asarray(seconds, dtype=np.float64) + 0.0
+    for position, name in enumerate(names, start=1):
+        block[:, position] = np.asarray(features[name], dtype=np.float64) + 0.0
     width = block.shape[1] * 8
     rows = memoryview(np.ascontiguousarray(block)).cast("B")
-    keys = _netstrings(frame, config.entity_keys, source)
+    if keys:
+        tails = [
+            "".join(f"{len(text)}:{text}," for text in texts).encode()
+            for texts in zip(*keys, strict=True)
+        ]
+    else:
+        tails = [b""] * n
     sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
-    ids = [
-        sha256(rows[row * width : (row + 1) * width].tobytes() + key.encode()).hexdigest()[:digits]
-        for row, key in enumerate(keys)
+    return [
+        sha256(rows[row * width : (row + 1) * width].tobytes() + tail).hexdigest()[:digits]
+        for row, tail in enumerate(tails)
     ]
-    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
 
 
 def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
@@ -357,18 +380,6 @@ def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
             f"at data rows {first + 1} and {row + 1}"
         )
     return ids.rename(EVENT_ID)
-
-
-def _netstrings(frame: pd.DataFrame, columns: list[str], source: str) -> list[str]:
-    if not columns:
-        return [""] * len(frame)
-    joined: pd.Series | None = None
-    for column in columns:
-        text = canonical_text(frame[column], column, source, what="value")
-        piece = text.str.len().astype(str) + ":" + text + ","
-        joined = piece if joined is None else joined + piece
-    assert joined is not None
-    return joined.tolist()
 
 
 def canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:
