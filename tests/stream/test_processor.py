@@ -4,6 +4,7 @@ micro-batch size; dead letters with their reason and fields, acknowledged; one-l
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,32 @@ def test_checkpoint_and_flags_are_checked(
     fails_with([*base, "--stream", "ev", "--checkpoint", str(tmp_path / "file")], "not a directory")
     (tmp_path / "ckpt" / "checkpoint.json").write_text("{}")
     fails_with([*base, "--stream", "ev", *ckpt], "damaged checkpoint")
+
+
+def test_metrics_are_served_for_prometheus(
+    stream_workspace: Path, redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    from hybrid_ad.core.detector import Detector
+    from hybrid_ad.stream.connection import connect
+    from hybrid_ad.stream.processor import StreamOptions, StreamProcessor, model_version
+    from hybrid_ad.stream.server import free_port
+
+    publish(stream_workspace, redis_url, "ev", limit=300)
+    client.xadd("ev", {"timestamp": "soon"})
+    model = stream_workspace / "out" / "model"
+    options = StreamOptions(
+        stream="ev", group="g", consumer="c", alerts="a", dead_letters="d",
+        checkpoint_dir=tmp_path / "ckpt", until_idle=0.2,
+    )  # fmt: skip
+    processor = StreamProcessor(
+        Detector.load(model), model_version(model), connect(redis_url), options
+    )
+    port = free_port()
+    processor.serve_metrics(port)
+    summary = processor.run()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'hybrid_ad_stream_events_total{stream="ev"} 301.0' in text
+    assert f'hybrid_ad_stream_alerts_total{{stream="ev"}} {float(summary.alerts)}' in text
+    assert 'hybrid_ad_stream_dead_letters_total{stream="ev"} 1.0' in text
+    assert 'hybrid_ad_stream_lag{stream="ev"} 0.0' in text
+    assert summary.alerts == client.xlen("a") > 0

@@ -173,12 +173,21 @@ class StreamProcessor:
 
     def serve_metrics(self, port: int) -> None:
         """Prometheus counters and the lag on `port` (prometheus-client, imported here)."""
-        from prometheus_client import Counter, Gauge, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-        events = Counter("hybrid_ad_stream_events", "Entries scored", ["stream"])
-        alerts = Counter("hybrid_ad_stream_alerts", "Alerts written", ["stream"])
-        dead = Counter("hybrid_ad_stream_dead_letters", "Entries sent to dead letters", ["stream"])
-        lag = Gauge("hybrid_ad_stream_lag", "Entries in the stream not yet read", ["stream"])
+        registry = CollectorRegistry()  # its own: several processors may share a process
+        labels = ["stream"]
+        events = Counter("hybrid_ad_stream_events", "Entries scored", labels, registry=registry)
+        alerts = Counter("hybrid_ad_stream_alerts", "Alerts written", labels, registry=registry)
+        dead = Counter(
+            "hybrid_ad_stream_dead_letters",
+            "Entries sent to dead letters",
+            labels,
+            registry=registry,
+        )
+        lag = Gauge(
+            "hybrid_ad_stream_lag", "Entries in the stream not yet read", labels, registry=registry
+        )
         seen = [0, 0, 0]
         name = self.options.stream
 
@@ -190,7 +199,7 @@ class StreamProcessor:
             if current_lag is not None:
                 lag.labels(name).set(current_lag)
 
-        start_http_server(port)
+        start_http_server(port, registry=registry)
         self._metrics = update
 
     def run(self) -> StreamSummary:
@@ -204,6 +213,8 @@ class StreamProcessor:
                 self._recover()
                 self._consume(started)
                 self._checkpoint()
+                if self._metrics is not None:
+                    self._metrics(self.summary, self._lag())
             finally:
                 self._release_lease()
         except redis_errors() as exc:
