@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -111,10 +111,10 @@ class StreamSummary:
     replayed: int = 0
     claimed: int = 0
     checkpoints: int = 0
+    checkpoint_seconds: float = 0.0
     seconds: float = 0.0
     lifetime_events: int = 0
     lifetime_alerts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -530,6 +530,7 @@ class StreamProcessor:
         """State and position to the file (atomically), then acknowledge what it covers."""
         if self._saved and not self._unacked and self._since_checkpoint == 0:
             return  # nothing new since the checkpoint on disk
+        began = time.perf_counter()
         events, alerts, dead = self._lifetime
         Checkpoint(
             stream=self.options.stream,
@@ -547,6 +548,7 @@ class StreamProcessor:
         self._since_checkpoint = 0
         self._ack(self._unacked)
         self._unacked = []
+        self.summary.checkpoint_seconds += time.perf_counter() - began
 
     def _ack(self, ids: list[str]) -> None:
         for start in range(0, len(ids), 10_000):
