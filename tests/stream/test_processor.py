@@ -136,7 +136,7 @@ def test_checkpoint_and_flags_are_checked(
     fails_with([*base, "--stream", "ev", *ckpt, "--batch", "0"], "--batch")
     (tmp_path / "file").write_text("x")
     fails_with([*base, "--stream", "ev", "--checkpoint", str(tmp_path / "file")], "not a directory")
-    (tmp_path / "ckpt" / "checkpoint.json").write_text("{}")
+    (tmp_path / "ckpt" / "stream.checkpoint").write_text("{}")
     fails_with([*base, "--stream", "ev", *ckpt], "damaged checkpoint")
 
 

@@ -1,24 +1,25 @@
 """The stream processor's checkpoint: the scorer's state and the stream position, in one file.
 
-`DIR/checkpoint.json` holds the live scorer's state (`live.checkpoint()`, base64) together
-with the id of the last stream entry that state has applied, written with an atomic rename:
+`DIR/stream.checkpoint` holds, on its first line, a JSON header (the id of the last stream entry
+the state has applied, the stream's fields, counts, the state's length and sha256) and after
+it the live scorer's state as `live.checkpoint()` gave it, byte for byte; written to a
+temporary file, fsynced and renamed over the old one:
 a crash leaves either the previous checkpoint or the new one, never a state without its
 position or a position without its state.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hybrid_ad.artifacts import atomic_write_json, sha256_bytes
+from hybrid_ad.artifacts import atomic_write_bytes, sha256_bytes
 from hybrid_ad.errors import ArtifactError
 
-FILE_NAME = "checkpoint.json"
+FILE_NAME = "stream.checkpoint"
 FORMAT = "hybrid-ad.stream-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,15 @@ class Checkpoint:
     dead_letters: int = 0
 
     def save(self, directory: Path) -> None:
-        payload = asdict(self)
-        payload["state"] = base64.b64encode(self.state).decode("ascii")
-        payload.update(format=FORMAT, version=VERSION, state_sha256=sha256_bytes(self.state))
-        atomic_write_json(directory / FILE_NAME, payload)
+        header = {key: value for key, value in asdict(self).items() if key != "state"}
+        header.update(
+            format=FORMAT,
+            version=VERSION,
+            state_bytes=len(self.state),
+            state_sha256=sha256_bytes(self.state),
+        )
+        line = json.dumps(header, sort_keys=True, ensure_ascii=True).encode("ascii") + b"\n"
+        atomic_write_bytes(directory / FILE_NAME, line + self.state)
 
 
 def load_checkpoint(directory: Path) -> Checkpoint | None:
@@ -53,12 +59,15 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
     if not path.exists():
         return None
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        first, _, state = data.partition(b"\n")
+        payload = json.loads(first)
+        if not isinstance(payload, dict):
+            raise ValueError("no header")
         if payload.get("format") != FORMAT or payload.get("version") != VERSION:
             raise ValueError(f"not a {FORMAT} file of version {VERSION}")
-        state = base64.b64decode(payload["state"], validate=True)
-        if sha256_bytes(state) != payload["state_sha256"]:
-            raise ValueError("the state does not match its checksum")
+        if len(state) != payload["state_bytes"] or sha256_bytes(state) != payload["state_sha256"]:
+            raise ValueError("the state does not match its length and checksum")
         fields = payload["fields"]
         return Checkpoint(
             stream=str(payload["stream"]),
@@ -71,5 +80,5 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
             alerts=int(payload["alerts"]),
             dead_letters=int(payload["dead_letters"]),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path}: damaged checkpoint ({exc})") from None

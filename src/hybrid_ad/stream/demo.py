@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hybrid_ad.stream.checkpoint import FILE_NAME
 from hybrid_ad.stream.connection import connect
 from hybrid_ad.stream.server import private_redis
 
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             "--out", str(out), *SMALL_MODEL, "--quiet",
         )  # fmt: skip
     checkpoint = out / "checkpoint"
-    if (checkpoint / "checkpoint.json").exists():
-        (checkpoint / "checkpoint.json").unlink()  # a fresh server: a fresh stream position
+    (checkpoint / FILE_NAME).unlink(missing_ok=True)  # a fresh server: a fresh position
     with private_redis(out / "redis") as url:
         print(f"private redis-server at {url}", flush=True)
         hybrid_ad("publish", "--input", str(events), "--redis", url, "--stream", "events")

@@ -10,7 +10,7 @@ The design (README, "Real time: Redis Streams"):
   letters are written in one `MULTI`/`EXEC` together with the id of the batch's last entry
   (the *written mark*). Either all of it is in Redis, or none of it.
 - **State and position in one file.** Every `--checkpoint-every` events the scorer's state and
-  the id of the last entry it has applied are written to `DIR/checkpoint.json` atomically;
+  the id of the last entry it has applied are written to `DIR/stream.checkpoint` atomically;
   only then are the entries up to that id acknowledged (`XACK`).
 - **Recovery.** On start the checkpoint is restored, and the pending entries after its id
   (read but not acknowledged, the processor's own and a dead consumer's) are scored again, in
