@@ -7,7 +7,7 @@ Run `make streaming` first (it writes the model and the events), then:
 
 Per run, on a private redis-server (started here, on a free port): publish the first
 `--limit` events (timed apart), then one processor, one thread, micro-batches of `--batch`
-from XREADGROUP to XACK (alerts and dead letters written, checkpoints every 50,000 events,
+from XREADGROUP to XACK (alerts and dead letters written, checkpoints every 100,000 events,
 the default); the processor's time runs from its start to the end of its last batch (the
 idle wait that ends it is not counted). The baseline, in the same run: the core alone,
 `live.score_many` over the same events as text columns in the same batches. Medians over the
@@ -64,7 +64,7 @@ def stream_rate(
         dead_letters="dead-letters",
         checkpoint_dir=work / "checkpoint",
         batch=batch,
-        checkpoint_every=50_000,
+        checkpoint_every=100_000,
         until_idle=0.5,
     )
     last = [0.0]

@@ -73,7 +73,7 @@ def stream_command(
     batch: Annotated[int, typer.Option("--batch", help="Entries per micro-batch.")] = 500,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Checkpoint (and XACK) every N events.")
-    ] = 50_000,
+    ] = 100_000,
     until_idle: Annotated[
         float | None,
         typer.Option("--until-idle", help="Exit after this many seconds without new entries."),

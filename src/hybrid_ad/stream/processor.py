@@ -69,7 +69,7 @@ class StreamOptions:
     checkpoint_dir: Path
     scores: str | None = None
     batch: int = 500
-    checkpoint_every: int = 50_000
+    checkpoint_every: int = 100_000
     until_idle: float | None = None
     lease: float = 10.0
     log_every: float = 10.0
