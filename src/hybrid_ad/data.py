@@ -11,7 +11,7 @@ import fnmatch
 import gzip
 import hashlib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,58 @@ EVENT_SECONDS = "_event_seconds"
 
 Columns = pd.DataFrame | Mapping[str, Any]
 """Events as columns: a frame, or a mapping of column name to equally long arrays."""
+
+
+class ColumnBlocks(Mapping[str, np.ndarray]):
+    """Events as named float columns, some of them held together as the columns of 2-D
+    blocks: the live path gets its behavioural features as one (events, features) array, and
+    `matrix` takes many columns out of a block in one step rather than one by one."""
+
+    def __init__(
+        self,
+        columns: Mapping[str, np.ndarray],
+        blocks: list[tuple[list[str], np.ndarray]] | None = None,
+    ) -> None:
+        self._columns = dict(columns)
+        self._blocks = [block for _, block in blocks or []]
+        self._where = {
+            name: (index, position)
+            for index, (names, _) in enumerate(blocks or [])
+            for position, name in enumerate(names)
+            if name not in self._columns
+        }
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._columns:
+            return self._columns[name]
+        index, position = self._where[name]
+        return self._blocks[index][:, position]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns or name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._columns
+        yield from self._where
+
+    def __len__(self) -> int:
+        return len(self._columns) + len(self._where)
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        """These columns as a new (events, len(names)) float64 array."""
+        out = np.empty((n_rows(self), len(names)))
+        taken: dict[int, tuple[list[int], list[int]]] = {}
+        for at, name in enumerate(names):
+            if name in self._columns:
+                out[:, at] = self._columns[name]
+            else:
+                index, position = self._where[name]
+                targets, sources = taken.setdefault(index, ([], []))
+                targets.append(at)
+                sources.append(position)
+        for index, (targets, sources) in taken.items():
+            out[:, targets] = self._blocks[index][:, sources]
+        return out
 
 
 def n_rows(columns: Columns) -> int:

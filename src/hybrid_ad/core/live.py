@@ -38,6 +38,7 @@ from hybrid_ad.core.scoring import Contributions, Explain, score_prepared
 from hybrid_ad.data import (
     EVENT_ID,
     EVENT_SECONDS,
+    ColumnBlocks,
     canonical_text,
     derived_event_ids,
     validate_events,
@@ -203,7 +204,7 @@ class LiveScorer:
             ids = [ids[i] for i in accepted.tolist()]
             prepared = {name: values[accepted] for name, values in prepared.items()}
             names = self._state.feature_names
-            prepared.update(zip(names, behaviour.T, strict=True))
+            prepared = ColumnBlocks(prepared, [(names, behaviour)])
         return self._result(raw, refused, prepared, positions, ids, explain, contributions)
 
     def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -374,7 +375,7 @@ class LiveScorer:
         self,
         raw: RawBatch,
         refused: dict[int, str],
-        prepared: dict[str, np.ndarray],
+        prepared: Mapping[str, np.ndarray],
         positions: np.ndarray,
         ids: list[str],
         explain: Explain,

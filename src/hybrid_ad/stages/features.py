@@ -19,7 +19,7 @@ import pandas as pd
 
 from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, feature_names
 from hybrid_ad.config import Config, FeaturesConfig
-from hybrid_ad.data import EVENT_SECONDS, Columns, validate_events
+from hybrid_ad.data import EVENT_SECONDS, ColumnBlocks, Columns, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stages.base import Stage, json_file, read_json_file
 from hybrid_ad.stages.rules import calendar_flags, hour_of_day, joined_names
@@ -180,6 +180,8 @@ class FeatureBuilder(Stage):
             raise InputError(f"missing feature column '{missing[0]}'")
         if isinstance(frame, pd.DataFrame):
             raw = frame[columns].to_numpy(np.float64, copy=True)
+        elif isinstance(frame, ColumnBlocks):
+            raw = frame.matrix(columns)
         else:
             raw = np.column_stack([np.asarray(frame[name], dtype=np.float64) for name in columns])
         logged = [columns.index(name) for name in self.config.log_scale]
