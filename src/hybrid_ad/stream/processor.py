@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -164,6 +165,8 @@ class StreamProcessor:
         self._unacked: list[str] = []
         self._since_checkpoint = 0
         self._metrics: Callable[[StreamSummary, int | None], None] | None = None
+        self._known = frozenset(self.fields or ())
+        self._renewed = -math.inf
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -243,10 +246,11 @@ class StreamProcessor:
         key, me = self.options.lease_key, self.options.consumer
         announced = False
         while True:
-            if self.client.set(key, me, nx=True, px=self._lease_ms):
+            if self.client.set(key, me, nx=True, px=self._lease_ms) or self._renew(
+                keys=[key], args=[me, self._lease_ms]
+            ):  # free, or held under this name by a previous life of this processor
+                self._renewed = time.monotonic()
                 return
-            if self._renew(keys=[key], args=[me, self._lease_ms]):
-                return  # a restart under the same name
             if not announced:
                 holder = self.client.get(key)
                 log.info("waiting for consumer %s's lease on %s to expire", holder, key)
@@ -256,16 +260,19 @@ class StreamProcessor:
             time.sleep(0.2)
 
     def _keep_lease(self) -> None:
-        """Renew the lease; taken again if it lapsed and nobody else took it meanwhile."""
+        """Renew the lease once a third of it has passed; taken again if it lapsed and nobody
+        else took it meanwhile, else stop before writing anything more."""
+        if time.monotonic() - self._renewed < self.options.lease / 3:
+            return
         key, me = self.options.lease_key, self.options.consumer
-        if self._renew(keys=[key], args=[me, self._lease_ms]):
-            return
-        if self.client.set(key, me, nx=True, px=self._lease_ms):
-            return
-        raise StreamError(
-            f"consumer {self.client.get(key)} took over {key} (this one was paused for longer "
-            f"than --lease); stopping without writing"
-        )
+        if not self._renew(keys=[key], args=[me, self._lease_ms]) and not self.client.set(
+            key, me, nx=True, px=self._lease_ms
+        ):
+            raise StreamError(
+                f"consumer {self.client.get(key)} took over {key} (this one was paused for "
+                f"longer than --lease); stopping without writing"
+            )
+        self._renewed = time.monotonic()
 
     def _release_lease(self) -> None:
         key = self.options.lease_key
@@ -440,8 +447,11 @@ class StreamProcessor:
             return "the entry has no fields (it was deleted from the stream)"
         if self.fields is None:
             self.fields = sorted(fields)  # the stream's columns: those of its first entry
+            self._known = frozenset(self.fields)
             return None
-        unknown = [name for name in fields if name not in self.fields]
+        if fields.keys() <= self._known:
+            return None
+        unknown = [name for name in fields if name not in self._known]
         if unknown:
             return (
                 f"unknown field {unknown[0]!r} (the stream's fields are {', '.join(self.fields)})"
