@@ -26,9 +26,10 @@ transactions: $(STAMP)
 	$(BIN)/hybrid-ad simulate --kind transactions --out data/simulated/transactions.parquet --customers 2000 --terminals 4000 --days 90 --seed 7
 	$(BIN)/hybrid-ad run --config config/transactions.yaml
 
-## Real time: a private redis-server, publish a small simulated log, score it with `hybrid-ad stream`.
+## Real time: a private redis-server, publish the demo file, score it with `make run`'s model via `hybrid-ad stream`.
 stream-demo: $(STAMP)
-	$(BIN)/python -m hybrid_ad.stream.demo --out artifacts/stream-demo
+	test -f artifacts/model/manifest.json || $(MAKE) run
+	$(BIN)/python -m hybrid_ad.stream.demo --out artifacts/stream-demo --model artifacts/model --events data/demo/creditcard_50k.csv.gz
 
 ## Lint, format check and the test suite.
 test: $(STAMP) lint

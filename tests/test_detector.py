@@ -141,3 +141,14 @@ def test_scoring_other_columns_than_fitted_is_an_error(fitted) -> None:
     with pytest.raises(InputError, match="missing column 'Time'"):
         detector.score(split.test.drop(columns=["Time"]))
     assert DataConfig().label == "Class"
+
+
+def test_live_checkpoint_of_a_model_without_behavioural_features(fitted) -> None:
+    """No behavioural state: the checkpoint still holds the remembered ids and restores."""
+    detector, split = fitted
+    live = detector.live()
+    first = live.score_many(split.test.iloc[:30]).scores
+    restored = detector.live(state=live.checkpoint())
+    again = restored.score_many(split.test.iloc[:30]).scores  # redelivered: same answers
+    pd.testing.assert_frame_equal(again, first)
+    assert restored.checkpoint() == live.checkpoint()

@@ -230,7 +230,8 @@ class LiveScorer:
         seen_ids = list(self._seen)
         times = [self._seen[key][0] for key in seen_ids]
         width = len(self._state.feature_names) if self._state is not None else 0
-        rows = np.array([self._seen[key][1] for key in seen_ids], dtype="<f8").reshape(-1, width)
+        rows = np.array([self._seen[key][1] for key in seen_ids], dtype="<f8")
+        rows = rows.reshape(len(seen_ids), width)  # (n, 0) without behavioural features
         document = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
