@@ -30,8 +30,8 @@ from hybrid_ad.lifecycle import cli as lifecycle_cli
 from hybrid_ad.progress import ProgressReporter
 
 if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
-    from hybrid_ad.jobs import pipeline
     from hybrid_ad.core.detector import Detector
+    from hybrid_ad.jobs import pipeline
 
 app = typer.Typer(
     add_completion=False,
