@@ -1,7 +1,7 @@
 """Analysts in the loop, simulated honestly: test AP against the number of reviewed labels.
 
     .venv/bin/python benchmarks/feedback_loop.py --dataset creditcard|streaming
-        [--data PATH] [--rows N] [--budgets 50 100 200 500 1000]
+        [--data PATH] [--rows N] [--schedule 50 50 100 300 500]
         [--strategies top uncertain mixed random] [--out benchmarks/out/feedback_loop] [--reuse]
 
 creditcard: `config/config.yaml` on the full ULB file (`/work/shared/data/creditcard.csv.gz`),
@@ -10,14 +10,16 @@ six-hour blocks. streaming: `config/streaming_service.yaml` on `hybrid-ad simula
 N events in time (for trying the script on a small part).
 
 The label-free model (every stage and the label-free judge) is fitted once on the train part,
-as `hybrid-ad run` fits it, without labels. Then, for each review strategy and each total
-budget, `hybrid_ad.lifecycle.loop.feedback_loop` plays the train and validation period block by
-block: the analyst (an oracle holding the label column, read only for reviewed events) labels
-the block's review queue, the verdicts become known one block later, and the judge is
-retrained (`judge.label_source: mixed`) on what is known. The judge in place at the end is
-scored on the test split, which no label comes from: AP, and precision and recall at the alert
-budget (the threshold the retrain took on validation). The label-free judge (`pseudo`) and
-the fully supervised judge (`truth`, every train label) are measured in the same run.
+as `hybrid-ad run` fits it, without labels. Then, for each review strategy,
+`hybrid_ad.lifecycle.loop.feedback_loop` plays the train and validation period block by block:
+the analyst (an oracle holding the label column, read only for reviewed events) labels
+`--schedule` events of the block's review queue (block 0 the first number, and so on; none
+after), the verdicts become known one block later, and the judge is retrained
+(`judge.label_source: mixed`) on what is known. The default schedule makes the known labels
+pass 50, 100, 200, 500 and 1,000, one retrain each; every judge so retrained is scored on the
+test split, which no label comes from: AP, and precision and recall at the alert budget (the
+threshold the retrain took on validation). The label-free judge (`pseudo`) and the fully
+supervised judge (`truth`, every train label) are measured in the same run.
 
 Writes `OUT/<dataset>/results.json` (after every loop), `table.md` and `feedback_loop.png`.
 """
@@ -127,13 +129,13 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         (axes[1], "recall_at_budget", "test recall at the alert budget"),
     ):
         for strategy, rows in results["loops"].items():
-            budgets = [0, *(row["budget"] for row in rows)]
+            budgets = [0, *(row["known"] for row in rows)]
             values = [baselines["pseudo"][key], *(row[key] for row in rows)]
             ax.plot(budgets, values, marker="o", label=strategy)
         ax.axhline(baselines["truth"][key], color="black", linestyle="--", label="supervised")
         ax.axhline(baselines["pseudo"][key], color="grey", linestyle=":", label="label-free")
         ax.set_xscale("symlog", linthresh=50)
-        ax.set_xlabel("reviewed labels (total over the train and validation period)")
+        ax.set_xlabel("labels known to the judge (reviewed one block earlier or before)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
@@ -144,21 +146,21 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 def _table(results: dict[str, Any]) -> str:
     lines = [
-        "| judge | review | labels reviewed (frauds) | known to the final judge | test AP "
-        "| precision at budget | recall at budget |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| judge | review | labels known (positive) | test AP | precision at budget "
+        "| recall at budget |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, row in results["baselines"].items():
         labels = "0" if name == "pseudo" else f"{row['labels']:,} (every train label)"
         lines.append(
-            f"| {name} | | {labels} | | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
+            f"| {name} | | {labels} | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
             f"| {row['recall_at_budget']:.3f} |"
         )
     for strategy, rows in results["loops"].items():
         for row in rows:
             lines.append(
-                f"| mixed | {strategy} | {row['reviewed']:,} ({row['reviewed_positives']}) "
-                f"| {row['known']:,} | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
+                f"| mixed | {strategy} | {row['known']:,} ({row['known_positives']}) "
+                f"| {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
                 f"| {row['recall_at_budget']:.3f} |"
             )
     return "\n".join(lines) + "\n"
@@ -169,7 +171,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="creditcard")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--rows", type=int, default=None)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    parser.add_argument("--schedule", type=int, nargs="+", default=[50, 50, 100, 300, 500])
     parser.add_argument("--strategies", nargs="+", choices=LOOP_STRATEGIES, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/feedback_loop")
     parser.add_argument("--reuse", action="store_true", help="reuse a fitted label-free model")
@@ -221,45 +223,54 @@ def main() -> None:
     seen_labels = np.concatenate(
         [data.split.train[label].to_numpy(np.int8), data.split.validation[label].to_numpy(np.int8)]
     )
+    results["schedule"] = args.schedule
     for strategy in strategies:
-        rows = results["loops"].setdefault(strategy, [])
-        for budget in args.budgets:
-            loop_started = time.perf_counter()
+        rows: list[dict[str, Any]] = results["loops"].setdefault(strategy, [])
+        loop_started = time.perf_counter()
+        tally = {"reviewed": 0, "positives": 0}
+        by_block: dict[int, BlockRecord] = {}
 
-            def report(
-                record: BlockRecord,
-                budget: int = budget,
-                strategy: str = strategy,
-                loop_started: float = loop_started,
-            ) -> None:
-                print(
-                    f"  {strategy} {budget}: block {record.block} ({record.events:,} events) "
-                    f"known {record.known_labels} retrained {record.retrained} reviewed "
-                    f"{record.reviewed} ({record.reviewed_positives} positive) "
-                    f"{time.perf_counter() - loop_started:.0f} s",
-                    flush=True,
-                )
-
-            oracle = Oracle(seen_labels)
-            result = feedback_loop(
-                base, train, validation, oracle, spec["block_seconds"], budget, strategy,
-                on_block=report,
-            )  # fmt: skip
-            assert len(oracle.reviewed) == result.reviewed
+        def checkpoint(
+            record: BlockRecord,
+            detector: Detector,
+            strategy: str = strategy,
+            rows: list[dict[str, Any]] = rows,
+            loop_started: float = loop_started,
+            tally: dict[str, int] = tally,
+            by_block: dict[int, BlockRecord] = by_block,
+        ) -> None:
+            by_block[record.block] = record
+            tally["reviewed"] += record.reviewed
+            tally["positives"] += record.reviewed_positives
+            seconds = time.perf_counter() - loop_started
+            print(
+                f"  {strategy}: block {record.block} ({record.events:,} events) known "
+                f"{record.known_labels}, reviewed {record.reviewed} "
+                f"({record.reviewed_positives} positive), {seconds:.0f} s",
+                flush=True,
+            )
+            if not record.retrained:
+                return
+            arrived = by_block[record.block - 1]  # the delay is one block
             row = {
-                "budget": budget,
-                "reviewed": result.reviewed,
-                "reviewed_positives": sum(r.reviewed_positives for r in result.blocks),
-                "known": result.known_labels,
-                "retrains": sum(r.retrained for r in result.blocks),
-                **_measure(result.detector, test, test_labels),
-                "seconds": round(time.perf_counter() - loop_started, 1),
+                "known": record.known_labels,
+                "known_positives": tally["positives"] - record.reviewed_positives,
+                "arrived_positives": arrived.reviewed_positives,
+                **_measure(detector, test, test_labels),
+                "seconds": round(seconds, 1),
             }
             rows.append(row)
-            print(f"{strategy} {budget}: {json.dumps(row)}", flush=True)
+            print(f"{strategy} {json.dumps(row)}", flush=True)
             results["total_seconds"] = round(time.perf_counter() - started, 1)
             results["load_average_1min"] = round(os.getloadavg()[0], 2)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+        oracle = Oracle(seen_labels)
+        result = feedback_loop(
+            base, train, validation, oracle, spec["block_seconds"], args.schedule, strategy,
+            on_block=checkpoint,
+        )  # fmt: skip
+        assert len(oracle.reviewed) == result.reviewed == tally["reviewed"]
     (out / "table.md").write_text(_table(results))
     _plot(results, out / "feedback_loop.png")
     print(_table(results))

@@ -10,14 +10,15 @@ The analyst is an `Oracle`: it holds the label column and reveals a label only f
 it is asked to review, and it records every event it was asked about, so a test can check
 that nothing else was read. The label-free stages are reused as fitted: they never read
 labels, so only the judge (and its alert threshold) is refitted, as `hybrid-ad retrain` does.
-Reviewing the last `delay` blocks would give labels the final judge never sees, so the budget
-is spread over the blocks before them.
+The review budget is given per block (`budgets[i]` events in block i, none after the list):
+`block_budgets` spreads a total evenly; a growing schedule (50, 50, 100, 300, 500) makes one
+loop pass 50, 100, 200, 500 and 1,000 known labels, with a retrain at each.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,7 +107,7 @@ def retrain_judge(
 def block_budgets(total: int, blocks: int) -> list[int]:
     """`total` reviews spread evenly over `blocks` blocks, earlier blocks taking the rest."""
     if blocks < 1:
-        raise ValueError("no block to review in: the loop needs more blocks than the delay")
+        raise ValueError("no block to review in")
     share, rest = divmod(total, blocks)
     return [share + (1 if block < rest else 0) for block in range(blocks)]
 
@@ -117,17 +118,20 @@ def feedback_loop(
     validation: PreparedEvents,
     oracle: Oracle,
     block_seconds: float,
-    total_budget: int,
+    budgets: Sequence[int],
     strategy: str,
     delay: int = 1,
     seed: int = 0,
-    on_block: Callable[[BlockRecord], None] | None = None,
+    on_block: Callable[[BlockRecord, Detector], None] | None = None,
 ) -> LoopResult:
     """Run the loop over the train and validation parts (time-ordered, without the label
     column: labels come from `oracle`, indexed by position in train then validation).
 
-    The judge is retrained like `hybrid-ad retrain`: on the train part, early-stopped and
-    thresholded on the validation part, with every label known at the end of the block.
+    Blocks are `block_seconds` of event time (aligned to multiples of it); `budgets[i]` events
+    of block i are reviewed. At the end of each block the labels reviewed `delay` blocks
+    earlier arrive; if any did, the judge is retrained like `hybrid-ad retrain` does: on the
+    train part, early-stopped and thresholded on the validation part, with every label known
+    by then. `on_block` sees each block's record and the judge in place after it.
     """
     if strategy not in LOOP_STRATEGIES:
         raise ValueError(f"strategy: expected one of {', '.join(LOOP_STRATEGIES)}")
@@ -136,27 +140,23 @@ def feedback_loop(
     ids = identity_ids(base, seen)
     block_of = np.floor(frame[EVENT_SECONDS].to_numpy(np.float64) / block_seconds)
     blocks = np.unique(block_of)
-    budgets = block_budgets(total_budget, len(blocks) - delay)
     rng = np.random.default_rng(seed)
     detector = base
     known = pd.Series(dtype="float64", name="label")
     arrivals: dict[int, pd.Series] = {}
     labelled: set[str] = set()
-    trained_on = 0
     result = LoopResult(detector)
     for index, block in enumerate(blocks):
         arrived = arrivals.pop(index, None)
+        retrained = arrived is not None
         if arrived is not None:
             known = pd.concat([known, arrived])
-        # a random review needs no judge to choose by: only the final one is fitted
-        retrained = len(known) > trained_on and (strategy != "random" or index == len(blocks) - 1)
-        if retrained:
             detector = retrain_judge(base, known, train, validation)
-            trained_on = len(known)
         rows = np.flatnonzero(block_of == block)
+        budget = budgets[index] if index < len(budgets) else 0
         reviewed = np.array([], dtype=np.int64)
-        if index < len(budgets) and budgets[index] > 0:
-            reviewed = _review(detector, seen, ids, rows, budgets[index], strategy, labelled, rng)
+        if budget > 0:
+            reviewed = _review(detector, seen, ids, rows, budget, strategy, labelled, rng)
         verdicts = oracle.review(reviewed)
         if len(reviewed):
             arrivals[index + delay] = pd.Series(
@@ -173,7 +173,7 @@ def feedback_loop(
         )
         result.blocks.append(record)
         if on_block is not None:
-            on_block(record)
+            on_block(record, detector)
     result.detector = detector
     return result
 
