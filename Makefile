@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench streaming transactions clean
+.PHONY: run test lint bench streaming transactions stream-demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,stream,service]'
 	touch $(STAMP)
 
 ## Run the whole pipeline on the shipped demo data with the default config.
@@ -25,6 +25,10 @@ streaming: $(STAMP)
 transactions: $(STAMP)
 	$(BIN)/hybrid-ad simulate --kind transactions --out data/simulated/transactions.parquet --customers 2000 --terminals 4000 --days 90 --seed 7
 	$(BIN)/hybrid-ad run --config config/transactions.yaml
+
+## Real time: a private redis-server, publish a small simulated log, score it with `hybrid-ad stream`.
+stream-demo: $(STAMP)
+	$(BIN)/python -m hybrid_ad.stream.demo --out artifacts/stream-demo
 
 ## Lint, format check and the test suite.
 test: $(STAMP) lint

@@ -28,6 +28,7 @@ from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.lifecycle import cli as lifecycle_cli
 from hybrid_ad.progress import ProgressReporter
+from hybrid_ad.stream import cli as stream_cli
 
 if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
     from hybrid_ad.core.detector import Detector
@@ -368,6 +369,7 @@ def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
 app.add_typer(labels_cli.build_app(_user_errors), name="labels")
 app.command("retrain")(_user_errors(lifecycle_cli.retrain_command))
 app.add_typer(lifecycle_cli.build_models_app(_user_errors), name="models")
+stream_cli.build_commands(app, _user_errors)
 
 
 def main() -> None:

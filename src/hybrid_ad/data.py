@@ -11,8 +11,10 @@ import fnmatch
 import gzip
 import hashlib
 import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,68 @@ count, and small enough that squares and sums stay finite. Beyond it a value is 
 (a sentinel such as 1e20 or 1e308); scoring clips such values instead (`FeatureBuilder`)."""
 EVENT_SECONDS = "_event_seconds"
 """Column holding the timestamp as float seconds, added by `validate_events`."""
+
+Columns = pd.DataFrame | Mapping[str, Any]
+"""Events as columns: a frame, or a mapping of column name to equally long arrays."""
+
+
+class ColumnBlocks(Mapping[str, np.ndarray]):
+    """Events as named float columns, some of them held together as the columns of 2-D
+    blocks: the live path gets its behavioural features as one (events, features) array, and
+    `matrix` takes many columns out of a block in one step rather than one by one."""
+
+    def __init__(
+        self,
+        columns: Mapping[str, np.ndarray],
+        blocks: list[tuple[list[str], np.ndarray]] | None = None,
+    ) -> None:
+        self._columns = dict(columns)
+        self._blocks = [block for _, block in blocks or []]
+        self._where = {
+            name: (index, position)
+            for index, (names, _) in enumerate(blocks or [])
+            for position, name in enumerate(names)
+            if name not in self._columns
+        }
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._columns:
+            return self._columns[name]
+        index, position = self._where[name]
+        return self._blocks[index][:, position]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns or name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._columns
+        yield from self._where
+
+    def __len__(self) -> int:
+        return len(self._columns) + len(self._where)
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        """These columns as a new (events, len(names)) float64 array."""
+        out = np.empty((n_rows(self), len(names)))
+        taken: dict[int, tuple[list[int], list[int]]] = {}
+        for at, name in enumerate(names):
+            if name in self._columns:
+                out[:, at] = self._columns[name]
+            else:
+                index, position = self._where[name]
+                targets, sources = taken.setdefault(index, ([], []))
+                targets.append(at)
+                sources.append(position)
+        for index, (targets, sources) in taken.items():
+            out[:, targets] = self._blocks[index][:, sources]
+        return out
+
+
+def n_rows(columns: Columns) -> int:
+    """How many events `columns` holds."""
+    if isinstance(columns, pd.DataFrame):
+        return len(columns)
+    return len(next(iter(columns.values()))) if columns else 0
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -310,23 +374,46 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     missing = [column for column in [config.timestamp, *config.entity_keys] if column not in frame]
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
-    features = sorted(feature_columns(frame, config, source))
-    block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
-    block[:, 0] = event_seconds(frame, config, source) + 0.0
-    for position, column in enumerate(features, start=1):
-        block[:, position] = numeric_column(frame, column, source) + 0.0
+    features = feature_columns(frame, config, source)
+    seconds = event_seconds(frame, config, source)
+    values = {column: numeric_column(frame, column, source) for column in features}
+    keys = [
+        canonical_text(frame[column], column, source, what="value").tolist()
+        for column in config.entity_keys
+    ]
+    ids = derived_event_ids(seconds, values, keys)
+    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
+
+
+def derived_event_ids(
+    seconds: np.ndarray, features: Mapping[str, np.ndarray], keys: list[list[str]]
+) -> list[str]:
+    """The ids `event_ids` derives, from parsed columns: event times in seconds, each feature
+    column's float64 values by name, and each entity key's canonical text (`canonical_text`),
+    in `data.entity_keys` order. The one definition, for files and live events alike."""
+    n = len(seconds)
+    if n == 0:
+        return []
+    names = sorted(features)
+    block = np.empty((n, 1 + len(names)), dtype="<f8")
+    block[:, 0] = np.asarray(seconds, dtype=np.float64) + 0.0
+    for position, name in enumerate(names, start=1):
+        block[:, position] = np.asarray(features[name], dtype=np.float64) + 0.0
     width = block.shape[1] * 8
     rows = memoryview(np.ascontiguousarray(block)).cast("B")
     sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
-    starts = range(0, len(frame) * width, width)
-    if config.entity_keys:
-        keys = _netstrings(frame, config.entity_keys, source)
-        pairs = zip(starts, keys, strict=True)
-        payloads = (rows[at : at + width].tobytes() + key.encode() for at, key in pairs)
-    else:  # the row's bytes hashed in place, not copied: a quarter less time
-        payloads = (rows[at : at + width] for at in starts)
-    ids = [sha256(payload).hexdigest()[:digits] for payload in payloads]
-    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
+    if not keys:  # each row's bytes hashed in place, not copied: a quarter less time
+        return [
+            sha256(rows[at : at + width]).hexdigest()[:digits] for at in range(0, n * width, width)
+        ]
+    tails = [
+        "".join(f"{len(text)}:{text}," for text in texts).encode()
+        for texts in zip(*keys, strict=True)
+    ]
+    return [
+        sha256(rows[row * width : (row + 1) * width].tobytes() + tail).hexdigest()[:digits]
+        for row, tail in enumerate(tails)
+    ]
 
 
 def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
@@ -346,18 +433,6 @@ def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
             f"at data rows {first + 1} and {row + 1}"
         )
     return ids.rename(EVENT_ID)
-
-
-def _netstrings(frame: pd.DataFrame, columns: list[str], source: str) -> list[str]:
-    if not columns:
-        return [""] * len(frame)
-    joined: pd.Series | None = None
-    for column in columns:
-        text = canonical_text(frame[column], column, source, what="value")
-        piece = text.str.len().astype(str) + ":" + text + ","
-        joined = piece if joined is None else joined + piece
-    assert joined is not None
-    return joined.tolist()
 
 
 def canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:

@@ -7,13 +7,14 @@ embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import xgboost as xgb
 
 from hybrid_ad.config import JudgeConfig
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.stages.base import Stage
 
 RoundCallback = Callable[[int], None]
 """Called after each boosting round with the round number."""
@@ -29,7 +30,7 @@ class _RoundProgress(xgb.callback.TrainingCallback):
         return False
 
 
-class Judge:
+class Judge(Stage):
     """Binary classifier with early stopping on validation and imbalance weighting."""
 
     def __init__(self, config: JudgeConfig, seed: int = 0) -> None:
@@ -38,6 +39,8 @@ class Judge:
         self.booster_: xgb.Booster | None = None
         self.feature_names_: list[str] | None = None
         self.scale_pos_weight_: float | None = None
+        self._threads: int | None = None  # what the booster is set to
+        self._rounds_: tuple[int, int] | None = None
 
     def fit(
         self,
@@ -90,6 +93,7 @@ class Judge:
             feature_names=feature_names,
         )
         callbacks = [_RoundProgress(on_round)] if on_round is not None else []
+        self._threads, self._rounds_ = None, None
         self.booster_ = xgb.train(
             params,
             train,
@@ -103,27 +107,48 @@ class Judge:
         return self
 
     def predict_proba(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Probability of the anomaly class, shape (n,), using the best early-stopped round."""
-        booster = self._fitted()
-        booster.set_param({"nthread": threads or self.config.threads})
+        """Probability of the anomaly class, shape (n,), using the best early-stopped round.
+
+        `inplace_predict` on the array: no DMatrix per call (the same trees, the same float32
+        inputs, so the same numbers), which is most of the cost for a few events."""
+        booster = self._booster(threads)
         try:
-            # in place: no DMatrix copy of the inputs (about 30 % of the time over 200,000
-            # events), the same probabilities bit for bit
-            values = booster.inplace_predict(
-                np.asarray(inputs, dtype=np.float32), iteration_range=self._rounds()
+            scores = booster.inplace_predict(
+                np.ascontiguousarray(inputs, dtype=np.float32), iteration_range=self._rounds()
             )
-            return np.asarray(values).astype(np.float64)
-        except xgb.core.XGBoostError as exc:  # a loaded judge.json that does not fit its inputs
+        except (xgb.core.XGBoostError, ValueError) as exc:  # a judge.json that does not fit
             first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
             raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
 
-    def contributions(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Per-input contributions to the log-odds (TreeSHAP), (n, d + 1), the bias last: each
-        row sums to the margin the probability is the sigmoid of."""
+    def contributions(
+        self, inputs: np.ndarray, threads: int | None = None, approximate: bool = False
+    ) -> np.ndarray:
+        """Per-input contributions to the log-odds, (n, d + 1), the bias last: each row sums
+        to the margin the probability is the sigmoid of. Exact TreeSHAP by default;
+        `approximate`: XGBoost's path attribution (Saabas), about 25x faster per event on the
+        streaming model, which ranks the inputs much as TreeSHAP does but is not identical."""
+        booster = self._booster(threads)
+        # the DMatrix's own threads: by default all cores, whose start-up cost 55 ms per call
+        # on the busy 2-core machine, against 0.2 ms with the scoring threads
+        matrix = xgb.DMatrix(
+            inputs, feature_names=self.feature_names_, nthread=threads or self.config.threads
+        )
+        return booster.predict(
+            matrix,
+            iteration_range=self._rounds(),
+            pred_contribs=True,
+            approx_contribs=approximate,
+        )
+
+    def _booster(self, threads: int | None) -> xgb.Booster:
+        """The booster, set to `threads` (default: the configured ones) when that changed."""
         booster = self._fitted()
-        booster.set_param({"nthread": threads or self.config.threads})
-        matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+        wanted = threads or self.config.threads
+        if self._threads != wanted:
+            booster.set_param({"nthread": wanted})
+            self._threads = wanted
+        return booster
 
     def margin(self, inputs: np.ndarray) -> np.ndarray:
         """The log-odds before the sigmoid, (n,)."""
@@ -132,8 +157,10 @@ class Judge:
         return booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
 
     def _rounds(self) -> tuple[int, int]:
-        booster = self._fitted()
-        return (0, booster.best_iteration + 1) if _has_best(booster) else (0, 0)
+        if self._rounds_ is None:
+            booster = self._fitted()
+            self._rounds_ = (0, booster.best_iteration + 1) if _has_best(booster) else (0, 0)
+        return self._rounds_
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per input, normalised to sum to 1 (unused inputs are 0)."""
@@ -150,9 +177,23 @@ class Judge:
         )
 
     def _fitted(self) -> xgb.Booster:
-        if self.booster_ is None:
-            raise RuntimeError("Judge used before fit")
+        self.check_fitted()
+        assert self.booster_ is not None
         return self.booster_
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.booster_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"judge.json": self.to_bytes()}
+
+    def from_files(self, files: Mapping[str, bytes]) -> Judge:
+        if "judge.json" not in files:
+            raise ArtifactError("saved stage lacks judge.json")
+        loaded = self.from_bytes(self.config, files["judge.json"], self.seed)
+        vars(self).update(vars(loaded))
+        return self
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ file can never make the evaluator run anything else. Thresholds that refer to th
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,9 @@ from hybrid_ad.config import (
     QuantileRef,
     RulesConfig,
 )
-from hybrid_ad.data import EVENT_SECONDS, numeric_column, resolve_columns
+from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, numeric_column, resolve_columns
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.stages.base import Stage, json_file, read_json_file
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -62,6 +64,17 @@ def calendar_flags(seconds: np.ndarray, flags: list[str], night: HourOfDay) -> n
     return np.column_stack([columns[flag]() for flag in flags]).astype(np.float64)
 
 
+def joined_names(flags: np.ndarray, names: list[str]) -> list[str]:
+    """Per row of a (rows, names) bool matrix, the names flagged, ';'-joined ('' for none).
+    Only rows with a flag are joined: most events hit no rule and clip nothing."""
+    joined = [""] * len(flags)
+    if flags.size:
+        labels = np.array(names, dtype=object)
+        for row in np.flatnonzero(flags.any(axis=1)).tolist():
+            joined[row] = ";".join(labels[flags[row]])
+    return joined
+
+
 @dataclass(frozen=True)
 class RuleResult:
     """Per-event rule output: which rules hit, the weighted score and the pseudo-label."""
@@ -74,11 +87,10 @@ class RuleResult:
 
     def hit_names(self) -> list[str]:
         """For each event, the names of the rules that hit, joined by ';' ('' for none)."""
-        names = np.array(self.names, dtype=object)
-        return [";".join(names[row]) for row in self.hits]
+        return joined_names(self.hits, self.names)
 
 
-class RuleSet:
+class RuleSet(Stage):
     """Domain rules from config, fitted on training data to learn data-relative thresholds."""
 
     def __init__(self, config: RulesConfig) -> None:
@@ -87,7 +99,7 @@ class RuleSet:
 
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame) -> RuleSet:
+    def fit(self, frame: Columns) -> RuleSet:
         """Learn every quantile, mean and standard deviation the rules refer to."""
         statistics: dict[str, float] = {}
         for rule in self.config.rules:
@@ -96,7 +108,7 @@ class RuleSet:
         return self
 
     def _learn(
-        self, condition: Condition, frame: pd.DataFrame, stats: dict[str, float], rule: str
+        self, condition: Condition, frame: Columns, stats: dict[str, float], rule: str
     ) -> None:
         if condition.threshold is not None:
             spec = condition.threshold
@@ -118,12 +130,12 @@ class RuleSet:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, frame: pd.DataFrame) -> RuleResult:
-        """Evaluate every rule on every event (vectorised)."""
-        if self.statistics_ is None:
-            raise RuntimeError("RuleSet.evaluate called before fit")
+    def evaluate(self, frame: Columns) -> RuleResult:
+        """Evaluate every rule on every event (vectorised): `frame` is a frame or a mapping of
+        column name to equally long arrays (with `EVENT_SECONDS`)."""
+        self.check_fitted()
         rules = self.config.rules
-        hits = np.zeros((len(frame), len(rules)), dtype=bool)
+        hits = np.zeros((n_rows(frame), len(rules)), dtype=bool)
         for index, rule in enumerate(rules):
             hits[:, index] = self._mask(rule.when, frame, rule.name)
         weights = np.array([rule.weight for rule in rules])
@@ -140,7 +152,7 @@ class RuleSet:
         """The rules' own decision: a rule score at or above the pseudo-label threshold."""
         return score >= self.config.pseudo_label_threshold
 
-    def _mask(self, condition: Condition, frame: pd.DataFrame, rule: str) -> np.ndarray:
+    def _mask(self, condition: Condition, frame: Columns, rule: str) -> np.ndarray:
         stats = self.statistics_ or {}
         if condition.threshold is not None:
             spec = condition.threshold
@@ -159,13 +171,13 @@ class RuleSet:
             return np.abs(_column(frame, spec_z.feature, rule) - mean) / std > spec_z.abs_above
         if condition.count_extreme is not None:
             spec_c = condition.count_extreme
-            count = np.zeros(len(frame), dtype=np.int64)
+            count = np.zeros(n_rows(frame), dtype=np.int64)
             for feature in _expand(spec_c.features, frame, rule):
                 mean, std = _moments(stats, feature)
                 count += np.abs(_column(frame, feature, rule) - mean) / std > spec_c.abs_z_above
             return count >= spec_c.at_least
         if condition.hour_of_day is not None:
-            hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
+            hours = hour_of_day(np.asarray(frame[EVENT_SECONDS], dtype=np.float64))
             return in_hours(hours, condition.hour_of_day)
         if condition.all is not None:
             return np.logical_and.reduce([self._mask(c, frame, rule) for c in condition.all])
@@ -190,9 +202,22 @@ class RuleSet:
     # -- persistence --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        if self.statistics_ is None:
-            raise RuntimeError("RuleSet.to_dict called before fit")
+        self.check_fitted()
         return {"statistics": self.statistics_}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.statistics_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"rules.json": json_file(self.to_dict())}
+
+    def from_files(self, files: Mapping[str, bytes]) -> RuleSet:
+        payload = read_json_file(files, "rules.json")
+        if not isinstance(payload, dict):
+            raise ArtifactError("rules.json: expected a JSON object")
+        self.statistics_ = self.from_dict(self.config, payload).statistics_
+        return self
 
     @classmethod
     def from_dict(cls, config: RulesConfig, payload: dict[str, Any]) -> RuleSet:
@@ -231,14 +256,19 @@ def _refers_to(condition: Condition, key: str) -> bool:
     return any(_refers_to(child, key) for child in _children(condition))
 
 
-def _column(frame: pd.DataFrame, feature: str, rule: str) -> np.ndarray:
-    if feature not in frame.columns:
+def _column(frame: Columns, feature: str, rule: str) -> np.ndarray:
+    if feature not in frame:
         raise InputError(f"rule '{rule}': no column '{feature}' in the data")
+    values = frame[feature]
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values  # prepared: validated, finite
+    if not isinstance(frame, pd.DataFrame):
+        frame = pd.DataFrame({feature: values})
     return numeric_column(frame, feature, f"rule '{rule}'")
 
 
-def _expand(patterns: list[str], frame: pd.DataFrame, rule: str) -> list[str]:
-    candidates = [column for column in frame.columns if column != EVENT_SECONDS]
+def _expand(patterns: list[str], frame: Columns, rule: str) -> list[str]:
+    candidates = [column for column in frame if column != EVENT_SECONDS]
     return resolve_columns(patterns, candidates, f"rule '{rule}'")
 
 
