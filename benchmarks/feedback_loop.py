@@ -21,7 +21,9 @@ test split, which no label comes from: AP, and precision and recall at the alert
 threshold the retrain took on validation). The label-free judge (`pseudo`) and the fully
 supervised judge (`truth`, every train label) are measured in the same run.
 
-Writes `OUT/<dataset>/results.json` (after every loop), `table.md` and `feedback_loop.png`.
+Writes `OUT/<dataset>/results-<strategies>.json` (after every retrain), then `table.md` and
+`feedback_loop.png` from every results file there, so strategies can run as separate
+processes (`--strategies mixed`, ...; `--no-truth` in all but one) and be drawn together.
 """
 
 from __future__ import annotations
@@ -144,6 +146,18 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def _merged(out: Path) -> dict[str, Any]:
+    """Every results file of one dataset as one: baselines and loops side by side."""
+    merged: dict[str, Any] = {}
+    for path in sorted(out.glob("results-*.json")):
+        part = json.loads(path.read_text())
+        if not merged:
+            merged = {**part, "baselines": {}, "loops": {}}
+        merged["baselines"].update(part["baselines"])
+        merged["loops"].update(part["loops"])
+    return merged
+
+
 def _table(results: dict[str, Any]) -> str:
     lines = [
         "| judge | review | labels known (positive) | test AP | precision at budget "
@@ -175,6 +189,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", choices=LOOP_STRATEGIES, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/feedback_loop")
     parser.add_argument("--reuse", action="store_true", help="reuse a fitted label-free model")
+    parser.add_argument("--no-truth", action="store_true", help="skip the supervised judge")
     args = parser.parse_args()
     strategies = args.strategies or ["top", "uncertain", "mixed", "random"]
     spec = DATASETS[args.dataset]
@@ -209,13 +224,14 @@ def main() -> None:
     }
     raw = config_to_dict(config)
     raw["judge"]["label_source"] = "truth"
-    supervised = copy.copy(base)
-    supervised.config = config_from_dict(raw, "truth")
-    supervised.fit_judge(data.part("train"), data.part("validation"))
-    results["baselines"]["truth"] = {
-        "labels": len(data.split.train),
-        **_measure(supervised, test, test_labels),
-    }
+    if not args.no_truth:
+        supervised = copy.copy(base)
+        supervised.config = config_from_dict(raw, "truth")
+        supervised.fit_judge(data.part("train"), data.part("validation"))
+        results["baselines"]["truth"] = {
+            "labels": len(data.split.train),
+            **_measure(supervised, test, test_labels),
+        }
     print(json.dumps(results["baselines"]), flush=True)
 
     train = _hidden(data.part("train"), [label, kind])
@@ -263,7 +279,9 @@ def main() -> None:
             print(f"{strategy} {json.dumps(row)}", flush=True)
             results["total_seconds"] = round(time.perf_counter() - started, 1)
             results["load_average_1min"] = round(os.getloadavg()[0], 2)
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (out / f"results-{'-'.join(strategies)}.json").write_text(
+                json.dumps(results, indent=2) + "\n"
+            )
 
         oracle = Oracle(seen_labels)
         result = feedback_loop(
@@ -271,9 +289,11 @@ def main() -> None:
             on_block=checkpoint,
         )  # fmt: skip
         assert len(oracle.reviewed) == result.reviewed == tally["reviewed"]
-    (out / "table.md").write_text(_table(results))
-    _plot(results, out / "feedback_loop.png")
-    print(_table(results))
+    merged = _merged(out)
+    (out / "table.md").write_text(_table(merged))
+    if "truth" in merged["baselines"]:
+        _plot(merged, out / "feedback_loop.png")
+    print(_table(merged))
     print(f"total {time.perf_counter() - started:.0f} s; wrote {out}")
 
 
