@@ -1,21 +1,22 @@
-"""`judge.label_source: mixed` on the demo data: test AP with a few analyst labels.
+"""`judge.mixed.label_weight`, chosen on validation: AP with a few analyst labels per weight.
 
-    .venv/bin/python benchmarks/bench_mixed_labels.py [--data PATH] [--labels 50 200]
-        [--weights 1 10 100]
+    .venv/bin/python benchmarks/bench_mixed_labels.py [--config config/config.yaml]
+        [--data PATH] [--model DIR] [--labels 50 200] [--weights 1 3 10 30 100]
 
-Fits the label-free model once (config/config.yaml), then plays an analyst who reviews the
-N training and validation events the label-free judge ranks highest: the oracle reads the
-label column for those events only and writes them to a fresh SQLite label store. For each
-label weight it runs `retrain` (the judge refitted, label-free stages kept) and measures
-average precision on the test split, which no label ever comes from. The fully supervised
-judge (`truth`, every training label) is measured in the same run for scale.
+Fits the label-free model once (or loads `--model` when it was saved from the same data and
+config, and saves it there otherwise), then plays an analyst who reviews the N events of the
+**train** part that the label-free judge ranks highest: the oracle reads the label column for
+those events only. For each label weight the judge is refitted in `mixed` mode on them
+(label-free stages kept, as `hybrid-ad retrain` does) and scored on the validation part, whose
+labels no judge here learns from (none of its events is reviewed): the weight is chosen on
+that validation AP. Test AP is printed beside it for the record, and read only after the
+choice. The fully supervised judge (`truth`, every train label) is measured for scale.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,80 +24,88 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
+from hybrid_ad.artifacts import read_model_dir
 from hybrid_ad.config import config_from_dict, config_to_dict, load_config
 from hybrid_ad.core.detector import Detector
-from hybrid_ad.data import event_ids, read_table
 from hybrid_ad.jobs.pipeline import load_data
-from hybrid_ad.labels import open_store
-from hybrid_ad.lifecycle.retrain import retrain
+from hybrid_ad.lifecycle.loop import identity_ids, retrain_judge
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/demo/creditcard_50k.csv.gz"))
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--labels", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 3.0, 10.0, 30.0, 100.0])
     args = parser.parse_args()
     config = load_config(args.config)
     data = load_data(config, args.data)
     label = config.data.label
-    test_labels = data.split.test[label].to_numpy(np.int8)
+    assert label is not None
+    started = time.perf_counter()
+    base: Detector | None = None
+    if args.model is not None and (args.model / "manifest.json").is_file():
+        manifest, _ = read_model_dir(args.model)
+        if manifest.get("data_sha256") == data.sha256 and manifest["config"] == config_to_dict(
+            config
+        ):
+            base = Detector.load(args.model)
+    if base is None:
+        base = Detector(config).fit(data.part("train"), data.part("validation"))
+        base.data_sha256_ = data.sha256
+        if args.model is not None:
+            base.save(args.model)
+    truth = {
+        part: getattr(data.split, part)[label].to_numpy(np.int8) for part in ("validation", "test")
+    }
     rows = []
 
     def measure(name: str, detector: Detector, labels: int, weight: float | None) -> None:
-        scores = detector.score(data.part("test"))["score"].to_numpy()
-        ap = average_precision_score(test_labels, scores)
-        rows.append((name, labels, weight, ap))
-        print(f"{name:<22} labels {labels:>5}  weight {weight!s:>6}  test AP {ap:.3f}", flush=True)
+        ap = {
+            part: average_precision_score(truth[part], detector.score(data.part(part))["score"])
+            for part in ("validation", "test")
+        }
+        rows.append((name, labels, weight, ap["validation"], ap["test"]))
+        print(
+            f"{name:<22} labels {labels:>6}  weight {weight!s:>6}  validation AP "
+            f"{ap['validation']:.3f}  test AP {ap['test']:.3f}",
+            flush=True,
+        )
 
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        started = time.perf_counter()
-        base = Detector(config).fit(data.part("train"), data.part("validation"))
-        base.data_sha256_ = data.sha256
-        base.save(root / "pseudo")
-        measure("label-free (pseudo)", base, 0, None)
-        raw = config_to_dict(config)
-        raw["judge"]["label_source"] = "truth"
-        supervised = copy.copy(base)
-        supervised.config = config_from_dict(raw, "truth")
-        supervised.fit_judge(data.part("train"), data.part("validation"))
-        known = len(data.split.train) + len(data.split.validation)
-        measure("supervised (truth)", supervised, known, None)
+    measure("label-free (pseudo)", base, 0, None)
+    raw = config_to_dict(config)
+    raw["judge"]["label_source"] = "truth"
+    supervised = copy.copy(base)
+    supervised.config = config_from_dict(raw, "truth")
+    supervised.fit_judge(data.part("train"), data.part("validation"))
+    measure("supervised (truth)", supervised, len(data.split.train), None)
 
-        seen = pd.concat([data.split.train, data.split.validation])
-        scored = pd.concat([base.score(data.part(p)) for p in ("train", "validation")])
-        order = scored.index[np.argsort(-scored["score"].to_numpy(), kind="stable")]
-        ids = event_ids(read_table(args.data), config.data)
-        for count in args.labels:
-            chosen = order[:count]
-            verdicts = pd.DataFrame(
-                {
-                    "event_id": ids.loc[chosen].to_numpy(),
-                    "label": seen.loc[chosen, label].to_numpy(),  # the oracle, reviewed only
-                    "source": "analyst",
-                    "labelled_at": "2026-01-01T00:00:00Z",
-                }
-            ).drop_duplicates("event_id")
-            store = root / f"labels-{count}.db"
-            with open_store(store, create=True) as target:
-                target.append(verdicts)
-            positives = int(verdicts["label"].sum())
-            for weight in args.weights:
-                tuned = config_to_dict(load_config(args.config))
-                tuned["judge"]["mixed"] = {"label_weight": weight}
-                start = root / f"start-{weight:g}"
-                with_weight = Detector.load(root / "pseudo")
-                with_weight.config = config_from_dict(tuned, "bench")
-                with_weight.save(start)
-                out = root / f"mixed-{count}-{weight:g}"
-                retrain(start, str(store), args.data, out)
-                measure(f"mixed ({positives} frauds)", Detector.load(out), count, weight)
-        print(f"total {time.perf_counter() - started:.0f} s")
-    print("\n| judge | labels | label weight | test AP |\n| --- | ---: | ---: | ---: |")
-    for name, labels, weight, ap in rows:
-        print(f"| {name} | {labels:,} | {'' if weight is None else f'{weight:g}'} | {ap:.3f} |")
+    train = data.part("train")
+    scores = base.score(train)["score"].to_numpy()
+    order = np.argsort(-scores, kind="stable")
+    ids = identity_ids(base, train)
+    oracle = data.split.train[label].to_numpy(np.int8)
+    for count in args.labels:
+        chosen = order[:count]
+        known = pd.Series(oracle[chosen], index=ids[chosen]).astype("float64")
+        known = known[~known.index.duplicated()]
+        positives = int(known.sum())
+        for weight in args.weights:
+            raw = config_to_dict(config)
+            raw["judge"]["mixed"] = {"label_weight": weight}
+            weighted = copy.copy(base)
+            weighted.config = config_from_dict(raw, "bench")
+            detector = retrain_judge(weighted, known, data.part("train"), data.part("validation"))
+            measure(f"mixed ({positives} frauds)", detector, count, weight)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    print(
+        "\n| judge | train labels | label weight | validation AP | test AP |"
+        "\n| --- | ---: | ---: | ---: | ---: |"
+    )
+    for name, labels, weight, validation_ap, test_ap in rows:
+        shown = "" if weight is None else f"{weight:g}"
+        print(f"| {name} | {labels:,} | {shown} | {validation_ap:.3f} | {test_ap:.3f} |")
 
 
 if __name__ == "__main__":

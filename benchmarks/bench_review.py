@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_review.py [--data ../shared/data/creditcard.csv.gz]
         [--rows 1000000] [--budget 200] [--labels 10000] [--out benchmarks/out/review]
+        [--repeat 3] [--baseline-python ../main/.venv/bin/python] [--strategies mixed ...]
 
 Fits the default config (`config/config.yaml`) on the shipped 50,000-transaction demo file,
 then builds the review input from the full credit-card file repeated with its times shifted by
@@ -9,6 +10,9 @@ two days per copy (so every row is a distinct event) and cut to `--rows`, as Par
 label store holds verdicts on `--labels` of those events. Timed: the whole command in a new
 process for each strategy (and `mixed --per-day`), and, in this process, each step of
 `review_file` once (read, event ids, behavioural preparation, scoring, choosing and reasons).
+With `--baseline-python` (the interpreter of another checkout, e.g. main's), each command is
+also run under that code, alternating with this one, `--repeat` times each: the medians and
+their ratio come from the same minutes of a shared machine.
 """
 
 from __future__ import annotations
@@ -73,6 +77,14 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="Keep the model and events of an earlier run."
     )
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baseline-python", type=Path, default=None)
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=["top", "uncertain", "mixed", "mixed --per-day"],
+        default=["top", "uncertain", "mixed", "mixed --per-day"],
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -110,32 +122,48 @@ def main() -> None:
         lambda: review_queue(detector, prepared, ids, args.budget, "mixed", False, labelled),
     )
 
-    commands: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    for name, extra in [
-        ("top", ["--strategy", "top"]),
-        ("uncertain", ["--strategy", "uncertain"]),
-        ("mixed", ["--strategy", "mixed"]),
-        ("mixed --per-day", ["--strategy", "mixed", "--per-day"]),
-    ]:
-        command = [
-            sys.executable, "-m", "hybrid_ad.cli", "review", "--model", str(model),
-            "--input", str(events_path), "--budget", str(args.budget), "--store", str(store),
-            "--output", str(args.out / f"queue_{name.replace(' --', '_')}.csv"), "--quiet",
-            *extra,
-        ]  # fmt: skip
-        start, before = time.perf_counter(), _child_cpu()
-        subprocess.run(command, check=True)
-        commands[name] = round(time.perf_counter() - start, 2)
-        cpu[name] = round(_child_cpu() - before, 2)
+    commands: dict[str, dict[str, float]] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    interpreters = {"this": sys.executable}
+    if args.baseline_python is not None:
+        interpreters["baseline"] = str(args.baseline_python)
+    variants = {
+        "top": ["--strategy", "top"],
+        "uncertain": ["--strategy", "uncertain"],
+        "mixed": ["--strategy", "mixed"],
+        "mixed --per-day": ["--strategy", "mixed", "--per-day"],
+    }
+    for name in args.strategies:
+        walls: dict[str, list[float]] = {code: [] for code in interpreters}
+        cpus: dict[str, list[float]] = {code: [] for code in interpreters}
+        for _ in range(args.repeat):
+            for code, python in interpreters.items():
+                command = [
+                    python, "-m", "hybrid_ad.cli", "review", "--model", str(model),
+                    "--input", str(events_path), "--budget", str(args.budget), "--store",
+                    str(store), "--output",
+                    str(args.out / f"queue_{code}_{name.replace(' --', '_')}.csv"), "--quiet",
+                    *variants[name],
+                ]  # fmt: skip
+                start, before = time.perf_counter(), _child_cpu()
+                subprocess.run(command, check=True)
+                walls[code].append(time.perf_counter() - start)
+                cpus[code].append(_child_cpu() - before)
+        commands[name] = {code: round(float(np.median(v)), 2) for code, v in walls.items()}
+        cpu[name] = {code: round(float(np.median(v)), 2) for code, v in cpus.items()}
+        if "baseline" in interpreters:
+            commands[name]["ratio"] = round(commands[name]["this"] / commands[name]["baseline"], 3)
+            cpu[name]["ratio"] = round(cpu[name]["this"] / cpu[name]["baseline"], 3)
+        print(name, commands[name], cpu[name], flush=True)
     result = {
         "rows": rows,
         "budget": args.budget,
         "labelled_in_store": args.labels,
         "fit_on_demo_s": round(fit_s, 1),
         "steps_s": steps,
-        "command_s": commands,
-        "command_cpu_s": cpu,
+        "repeat": args.repeat,
+        "command_s (median wall)": commands,
+        "command_cpu_s (median user + sys)": cpu,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     (args.out / "bench_review.json").write_text(json.dumps(result, indent=2) + "\n")

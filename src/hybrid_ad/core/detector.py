@@ -324,6 +324,17 @@ class Detector:
         values = pd.concat([pd.DataFrame(inputs, columns=names), score_columns(scores)], axis=1)
         return values.set_axis(events.index)
 
+    def stage_scores(
+        self, frame: Events, source: str = "input", history: Events | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each stage's score per event, in input order: the label-free signals (`SIGNALS`,
+        raw) and `judge`, the probability. What the review queue chooses by, without the
+        per-event text of `score` or the judge inputs of `monitored`."""
+        events = self._events(frame, source, history=history)
+        outputs = self._outputs(events)
+        inputs, _ = self._judge_matrix(outputs)
+        return self._stage_scores(outputs, self._fitted_judge().predict_proba(inputs))
+
     @staticmethod
     def _stage_scores(outputs: StageOutputs, judge: np.ndarray) -> dict[str, np.ndarray]:
         return {**{name: outputs.signal(name) for name in SIGNALS}, "judge": judge}

@@ -34,7 +34,6 @@ import pandas as pd
 from hybrid_ad.core.detector import SIGNALS, Detector
 from hybrid_ad.data import EVENT_ID, EVENT_SECONDS, event_ids, read_table, write_table
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.monitoring.reference import SCORE_PREFIX
 from hybrid_ad.progress import QUIET, ProgressReporter
 from hybrid_ad.reporting.pages import escape, table, write_page
 from hybrid_ad.stages.features import PreparedEvents, prepare_events
@@ -138,16 +137,16 @@ def check_request(budget: int, strategy: str) -> None:
 def _stage_scores(
     detector: Detector, events: PreparedEvents, progress: ProgressReporter
 ) -> dict[str, np.ndarray]:
-    """Each stage's score of every event (`score:<stage>` of `Detector.monitored`): what the
-    choice needs, without the per-event text (`rules_hit`) that only queued events get."""
+    """Each stage's score of every event (`Detector.stage_scores`): what the choice needs,
+    without the per-event text (`rules_hit`) that only queued events get."""
     names = [*SIGNALS, "judge"]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
-            values = detector.monitored(chunk)
+            values = detector.stage_scores(chunk)
             for name in names:
-                parts[name].append(values[f"{SCORE_PREFIX}{name}"].to_numpy(np.float64))
+                parts[name].append(np.asarray(values[name], np.float64))
             advance(start + len(chunk), "")
     if not parts["judge"]:
         raise InputError(f"{events.source}: no events to review")
