@@ -38,6 +38,8 @@ class Judge:
         self.booster_: xgb.Booster | None = None
         self.feature_names_: list[str] | None = None
         self.scale_pos_weight_: float | None = None
+        self.odds_correction_ = 1.0
+        """Odds factor undoing negative sampling (1 without): see `fit`."""
 
     def fit(
         self,
@@ -51,22 +53,24 @@ class Judge:
         validation_weight: np.ndarray | None = None,
     ) -> Judge:
         """`sample_weight` (and `validation_weight`) weigh events, e.g. known labels above
-        label-free targets; `auto` imbalance weighting then counts weighted events."""
-        if sample_weight is None:
-            positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
-            total = float(len(labels))
-        else:
-            positives = float(np.dot(sample_weight, labels))
-            total = float(sample_weight.sum())
-        if positives == 0 or positives == total:
-            raise InputError(
-                f"judge: the training labels ({self.config.label_source}) contain only one class; "
-                "check the rules' pseudo_label_threshold or the label column"
-            )
-        if self.config.scale_pos_weight == "auto":
-            self.scale_pos_weight_ = (total - positives) / positives
-        else:
-            self.scale_pos_weight_ = float(self.config.scale_pos_weight)
+        label-free targets; `auto` imbalance weighting then counts weighted events.
+
+        With `negative_sample_rate` r < 1 the trees see every positive (target >= 0.5) and a
+        seeded share r of the rest. Their odds are then spw_s / r times the data's odds where
+        the full data's fit has spw times them (spw_s, spw: the imbalance weights of the
+        sample and of the full data), so predictions multiply the odds by
+        `odds_correction_` = r * spw / spw_s (prior correction; 1 with `auto` weighting up to
+        the sample's noise, r with a fixed weight). Exact in expectation for 0/1 targets.
+        """
+        full_weight = self._imbalance_weight(labels, sample_weight)
+        rate = self.config.negative_sample_rate
+        if rate < 1.0:
+            rng = np.random.default_rng([self.seed, 0x5A3])
+            keep = (labels >= 0.5) | (rng.random(len(labels)) < rate)
+            inputs, labels = inputs[keep], labels[keep]
+            sample_weight = None if sample_weight is None else sample_weight[keep]
+        self.scale_pos_weight_ = self._imbalance_weight(labels, sample_weight)
+        self.odds_correction_ = rate * full_weight / self.scale_pos_weight_
         validation_has_both = 0 < validation_labels.sum() < len(validation_labels)
         params = {
             "objective": "binary:logistic",
@@ -102,13 +106,34 @@ class Judge:
         self.feature_names_ = list(feature_names)
         return self
 
+    def _imbalance_weight(self, labels: np.ndarray, sample_weight: np.ndarray | None) -> float:
+        if sample_weight is None:
+            positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
+            total = float(len(labels))
+        else:
+            positives = float(np.dot(sample_weight, labels))
+            total = float(sample_weight.sum())
+        if positives == 0 or positives == total:
+            raise InputError(
+                f"judge: the training labels ({self.config.label_source}) contain only one class; "
+                "check the rules' pseudo_label_threshold or the label column"
+            )
+        if self.config.scale_pos_weight == "auto":
+            return (total - positives) / positives
+        return float(self.config.scale_pos_weight)
+
     def predict_proba(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Probability of the anomaly class, shape (n,), using the best early-stopped round."""
+        """Probability of the anomaly class, shape (n,), using the best early-stopped round
+        (corrected for negative sampling)."""
         booster = self._fitted()
         booster.set_param({"nthread": threads or self.config.threads})
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
         try:
-            return booster.predict(matrix, iteration_range=self._rounds()).astype(np.float64)
+            proba = booster.predict(matrix, iteration_range=self._rounds()).astype(np.float64)
+            if self.odds_correction_ == 1.0:
+                return proba
+            odds = self.odds_correction_ * proba
+            return odds / (odds + 1.0 - proba)
         except xgb.core.XGBoostError as exc:  # a loaded judge.json that does not fit its inputs
             first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
             raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
@@ -119,13 +144,16 @@ class Judge:
         booster = self._fitted()
         booster.set_param({"nthread": threads or self.config.threads})
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+        contributions = booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+        contributions[:, -1] += math.log(self.odds_correction_)  # the sampling's share: bias
+        return contributions
 
     def margin(self, inputs: np.ndarray) -> np.ndarray:
         """The log-odds before the sigmoid, (n,)."""
         booster = self._fitted()
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
+        margin = booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
+        return margin + math.log(self.odds_correction_)
 
     def _rounds(self) -> tuple[int, int]:
         booster = self._fitted()
@@ -156,6 +184,7 @@ class Judge:
         """XGBoost's own JSON model format (no pickle), with the imbalance weight it used."""
         booster = self._fitted()
         booster.set_attr(scale_pos_weight=repr(self.scale_pos_weight_))
+        booster.set_attr(odds_correction=repr(self.odds_correction_))
         return bytes(booster.save_raw(raw_format="json"))
 
     @classmethod
@@ -176,6 +205,13 @@ class Judge:
         if not 0 < weight < math.inf:
             raise ArtifactError("judge.json: missing or malformed scale_pos_weight attribute")
         judge.scale_pos_weight_ = weight
+        try:  # absent in models saved before negative sampling: no correction
+            correction = float(booster.attr("odds_correction") or "1.0")
+        except ValueError:
+            correction = math.nan
+        if not 0 < correction < math.inf:
+            raise ArtifactError("judge.json: malformed odds_correction attribute")
+        judge.odds_correction_ = correction
         return judge
 
 
