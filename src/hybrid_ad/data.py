@@ -11,8 +11,10 @@ import fnmatch
 import gzip
 import hashlib
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,16 @@ count, and small enough that squares and sums stay finite. Beyond it a value is 
 (a sentinel such as 1e20 or 1e308); scoring clips such values instead (`FeatureBuilder`)."""
 EVENT_SECONDS = "_event_seconds"
 """Column holding the timestamp as float seconds, added by `validate_events`."""
+
+Columns = pd.DataFrame | Mapping[str, Any]
+"""Events as columns: a frame, or a mapping of column name to equally long arrays."""
+
+
+def n_rows(columns: Columns) -> int:
+    """How many events `columns` holds."""
+    if isinstance(columns, pd.DataFrame):
+        return len(columns)
+    return len(next(iter(columns.values()))) if columns else 0
 
 
 def table_parts(directory: Path) -> list[Path]:
@@ -340,6 +352,8 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
     features = sorted(feature_columns(frame, config, source))
+    if len(frame) == 0:
+        return pd.Series([], index=frame.index, name=EVENT_ID, dtype=str)
     block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
     block[:, 0] = event_seconds(frame, config, source) + 0.0
     for position, column in enumerate(features, start=1):

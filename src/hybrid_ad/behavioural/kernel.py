@@ -412,6 +412,7 @@ def advance(
     values: np.ndarray,
     labels: np.ndarray,
     skip: np.ndarray,
+    learn: np.ndarray,
     spans: np.ndarray,
     sizes: np.ndarray,
     flags: np.ndarray,
@@ -433,14 +434,17 @@ def advance(
     `slots[i, k]` is event i's slot for entity key k; out[i, key_at[k]:key_at[k + 1]] gets
     key k's features; `key_risk[k]` says whether key k has the label-risk windows
     `risk_spans`. Skipped events (malformed, found by the caller) and late ones are left out
-    and change nothing. Returns len(times) when done, or the index of the event that found the
-    heap full (nothing of it was learned yet): grow the heap and call again from there.
+    and change nothing. An event with `learn[i]` False is only described: its features are
+    computed on a copy of each slot's header (the heap is only read), so nothing changes.
+    Returns len(times) when done, or the index of the event that found the heap full (nothing
+    of it was learned yet): grow the heap and call again from there.
     """
     n_keys = slots.shape[1]
     n_values = values.shape[1]
     n_windows = spans.shape[0]
     ttl = params[P_TTL]
     no_risk = risk_spans[:0]
+    scratch = np.empty(header.shape[1])
     for i in range(first, times.shape[0]):
         if skip[i]:
             status[i] = SKIPPED
@@ -449,6 +453,17 @@ def advance(
         if t < watermark[0] - params[P_LATENESS]:
             status[i] = LATE
             late_at[i] = watermark[0]
+            continue
+        if not learn[i]:
+            for k in range(n_keys):
+                scratch[:] = header[slots[i, k]]
+                if scratch[FRESH] != 0.0 or t - scratch[LAST_T] > ttl:
+                    _reset(scratch, t, n_windows, n_values)
+                te = max(t, scratch[LAST_T])
+                row = out[i, key_at[k] : key_at[k + 1]]
+                risk = risk_spans if key_risk[k] else no_risk
+                _features(scratch, heap, te, values[i], row, spans, sizes, flags, params, risk)
+            status[i] = ACCEPTED
             continue
         for k in range(n_keys):
             h = header[slots[i, k]]

@@ -26,11 +26,10 @@ from hybrid_ad.behavioural.batch import (
     FeaturePlan,
     as_float_array,
     feature_plan,
-    require_columns,
 )
 from hybrid_ad.errors import ArtifactError, ConfigError, InputError
 
-__all__ = ["DeadLetter", "FeatureState"]
+__all__ = ["DeadLetter", "FeatureState", "Step"]
 
 _CHUNK = 65_536
 """`update_many` works through this many rows at a time: entity slots are assigned per chunk
@@ -39,10 +38,23 @@ _MIN_HEAP_ROWS = 1024
 
 
 class DeadLetter(NamedTuple):
-    """An event the live engine refused, and why; nothing else about the state changed."""
+    """An event the live engine refused, and why; nothing else about the state changed.
+    `position`: the event's position in the batch it came in (None for `update`)."""
 
     event: dict[str, Any]
     reason: str
+    position: int | None = None
+
+
+class Step(NamedTuple):
+    """What `FeatureState.step` found for a batch of events."""
+
+    features: np.ndarray
+    """(n, features) float64, in `feature_names` order; rows of refused events are garbage."""
+    accepted: np.ndarray
+    """(n,) bool: the event was accepted (described, and learned if asked)."""
+    refused: dict[int, str]
+    """Position -> one-line reason of each refused event (late or malformed)."""
 
 
 class _OneEvent:
@@ -56,6 +68,7 @@ class _OneEvent:
         self.values = np.zeros((1, n_values))
         self.labels = np.zeros(1, np.int64)
         self.skip = np.zeros(1, np.bool_)
+        self.learn = np.ones(1, np.bool_)
         self.out = np.zeros((1, width))
         self.status = np.zeros(1, np.int8)
         self.late_at = np.zeros(1)
@@ -168,7 +181,7 @@ class FeatureState:
         one.labels[0] = label
         new = self._slots_of_keys(keys, one.slot_row)
         self._run(
-            one.times, one.slots, one.values, one.labels, one.skip,
+            one.times, one.slots, one.values, one.labels, one.skip, one.learn,
             one.out, one.status, one.late_at,
         )  # fmt: skip
         self._release_unused(new)
@@ -182,6 +195,26 @@ class FeatureState:
     def update_many(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`update` for each row in order; rows refused as dead letters are left out.
 
+        The fused fast path: each event is described, then remembered, in one kernel pass.
+        """
+        return self._kept(frame, self.step(frame), dead_letters=True)
+
+    def describe(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Each event's features from the state as it is, and nothing changes: the events do
+        not see each other, are not learned and leave no dead letters. Refused rows (late,
+        malformed) are left out. `describe` then `remember` of one event is `update`."""
+        return self._kept(frame, self.step(frame, learn=False), dead_letters=False)
+
+    def remember(self, frame: pd.DataFrame) -> None:
+        """Learn the events in order, as `update_many` does, without returning features."""
+        self.update_many(frame)
+
+    def step(self, columns: Mapping[str, Any], learn: bool | np.ndarray = True) -> Step:
+        """The array form of `update_many` / `describe`: `columns` is a frame or a mapping of
+        equally long columns (numpy arrays, lists or Series); `learn` (one flag, or one per
+        event) says which events are learned; the others are only described. Nothing is
+        appended to `dead_letters`: refused events come back with their reasons.
+
         The rows are checked column by column, then go through the compiled kernel a chunk at
         a time; only malformed rows take the per-row path, to find their reason.
         """
@@ -192,50 +225,58 @@ class FeatureState:
         if plan.risk_delay is not None and self.label_column is not None:
             needed.append((self.label_column, "label"))
         for column, role in needed:
-            require_columns(frame, [column], role)
-        n = len(frame)
-        times = as_float_array(frame[self.time_column])
+            if column not in columns:
+                raise InputError(f"behavioural features: unknown {role} column '{column}'")
+        times = _float_column(columns[self.time_column])
+        n = len(times)
         values = np.empty((n, len(plan.values)))
         for v, column in enumerate(plan.values):
-            values[:, v] = as_float_array(frame[column])
+            values[:, v] = _float_column(columns[column])
         suspect = ~np.isfinite(times) | ~np.isfinite(values).all(axis=1)
+        keys = {column: _object_column(columns[column]) for column in plan.columns}
         for column in plan.columns:
-            suspect |= frame[column].isna().to_numpy()
+            suspect |= np.asarray(pd.isna(keys[column]), dtype=bool)
         labels = np.full(n, -1, np.int64)
         if plan.risk_delay is not None and self.label_column is not None:
-            raw = frame[self.label_column]
+            raw = pd.Series(_object_column(columns[self.label_column]))
             numeric = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
             suspect |= ~(np.isnan(numeric) | (numeric == 0.0) | (numeric == 1.0))
             suspect |= np.isnan(numeric) & raw.notna().to_numpy()
             labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64)
+        learning = np.ascontiguousarray(np.broadcast_to(np.asarray(learn, dtype=np.bool_), (n,)))
         width = len(self._names)
         data = np.empty((n, width))
         status = np.empty(n, np.int8)
         late_at = np.zeros(n)
         for start in range(0, n, _CHUNK):
             rows = slice(start, min(start + _CHUNK, n))
-            part = frame.iloc[rows]
             skip = suspect[rows]
-            slots, new = self._slots_of_rows(part, skip)
+            slots, new = self._slots_of_rows({c: keys[c][rows] for c in plan.columns}, skip)
             self._run(
-                times[rows], slots, values[rows], labels[rows], skip,
+                times[rows], slots, values[rows], labels[rows], skip, learning[rows],
                 data[rows], status[rows], late_at[rows],
             )  # fmt: skip
             self._release_unused(new)
             self._maybe_sweep()
-        refused = np.flatnonzero(status != kernel.ACCEPTED)
-        for i in refused.tolist():
-            event = frame.iloc[i].to_dict()
+        refused: dict[int, str] = {}
+        for i in np.flatnonzero(status != kernel.ACCEPTED).tolist():
             if status[i] == kernel.LATE:
-                reason = self._late_reason(float(times[i]), late_at[i])
+                refused[i] = self._late_reason(float(times[i]), late_at[i])
             else:
+                event = {column: _item(columns[column], i) for column, _ in needed}
                 parsed = self._parse(event)
-                reason = parsed if isinstance(parsed, str) else "missing or non-numeric value"
-            self.dead_letters.append(DeadLetter(event, reason))
-        if refused.size:
-            kept = np.flatnonzero(status == kernel.ACCEPTED)
-            return pd.DataFrame(data[kept], index=frame.index[kept], columns=self._names)
-        return pd.DataFrame(data, index=frame.index, columns=self._names, copy=False)
+                refused[i] = parsed if isinstance(parsed, str) else "missing or non-numeric value"
+        return Step(data, status == kernel.ACCEPTED, refused)
+
+    def _kept(self, frame: pd.DataFrame, step: Step, dead_letters: bool) -> pd.DataFrame:
+        """The accepted rows of a step as a frame; the refused ones as dead letters."""
+        if dead_letters:
+            for i, reason in step.refused.items():
+                self.dead_letters.append(DeadLetter(frame.iloc[i].to_dict(), reason, i))
+        if step.refused:
+            kept = np.flatnonzero(step.accepted)
+            return pd.DataFrame(step.features[kept], index=frame.index[kept], columns=self._names)
+        return pd.DataFrame(step.features, index=frame.index, columns=self._names, copy=False)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -328,6 +369,7 @@ class FeatureState:
         values: np.ndarray,
         labels: np.ndarray,
         skip: np.ndarray,
+        learn: np.ndarray,
         out: np.ndarray,
         status: np.ndarray,
         late_at: np.ndarray,
@@ -338,7 +380,7 @@ class FeatureState:
         done = 0
         while done < n:
             done = kernel.advance(
-                times, slots, values, labels, skip,
+                times, slots, values, labels, skip, learn,
                 self._spans, self._sizes, self._flags, self._params,
                 self._risk_spans, self._key_risk, self._key_at,
                 self._header, self._heap, self._watermark, self._used,
@@ -359,25 +401,27 @@ class FeatureState:
             slots[index] = slot
         return new
 
-    def _slots_of_rows(self, part: pd.DataFrame, skip: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def _slots_of_rows(
+        self, keys: dict[str, np.ndarray], skip: np.ndarray
+    ) -> tuple[np.ndarray, list[int]]:
         """Per row and entity key, its entity's slot (-1 for skipped rows), and the new slots.
 
         Each key's values are factorized, so the dictionary of entities is asked once per
         distinct entity in the chunk, not once per row.
         """
-        n = len(part)
+        n = len(skip)
         slots = np.full((n, len(self._tables)), -1, np.int64)
         new: list[int] = []
         ok = np.flatnonzero(~skip)
         if ok.size == 0:
             return slots, new
-        rows = part.iloc[ok] if ok.size < n else part
+        rows = {column: values[ok] for column, values in keys.items()} if ok.size < n else keys
         for index, (table, columns) in enumerate(
             zip(self._tables, self.feature_plan.keys or ((),), strict=True)
         ):
-            codes, keys = _factorize_key(rows, columns)
-            slot_of = np.empty(len(keys), np.int64)
-            for j, key in enumerate(keys):
+            codes, uniques = _factorize_key(rows, columns, int(ok.size))
+            slot_of = np.empty(len(uniques), np.int64)
+            for j, key in enumerate(uniques):
                 slot = table.get(key)
                 if slot is None:
                     slot = self._new_slot(index, key)
@@ -488,23 +532,43 @@ class FeatureState:
         self._used[0] = top + cap
 
 
-def _factorize_key(rows: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, list[Any]]:
+def _factorize_key(
+    rows: Mapping[str, np.ndarray], columns: tuple[str, ...], n: int
+) -> tuple[np.ndarray, list[Any]]:
     """Per row the code of its entity under a key, and each code's key as `update` sees it:
     the column's value, a tuple for a composite key, None for the global entity."""
     if not columns:
-        return np.zeros(len(rows), np.int64), [None]
+        return np.zeros(n, np.int64), [None]
     if len(columns) == 1:
         codes, uniques = pd.factorize(rows[columns[0]])
         return codes, list(uniques.tolist())
-    combined = np.zeros(len(rows), np.int64)
+    combined = np.zeros(n, np.int64)
     for column in columns:
         part, uniques = pd.factorize(rows[column])
         combined = combined * len(uniques) + part
         combined, _ = pd.factorize(combined)  # dense again, so the product never overflows
     codes, _ = pd.factorize(combined)
     first_rows = np.unique(codes, return_index=True)[1]
-    parts = [rows[column].to_numpy()[first_rows].tolist() for column in columns]
+    parts = [rows[column][first_rows].tolist() for column in columns]
     return codes, list(zip(*parts, strict=True))
+
+
+def _float_column(values: Any) -> np.ndarray:
+    """float64 values; anything non-numeric becomes NaN (and then a dead letter)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        return values.astype(np.float64, copy=False)
+    return as_float_array(pd.Series(values) if not isinstance(values, pd.Series) else values)
+
+
+def _object_column(values: Any) -> np.ndarray:
+    """A column as a numpy array (entity keys keep their type)."""
+    if isinstance(values, pd.Series):
+        return values.to_numpy()
+    return values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+
+
+def _item(values: Any, position: int) -> Any:
+    return values.iloc[position] if isinstance(values, pd.Series) else values[position]
 
 
 def _json_key(key: Any) -> Any:

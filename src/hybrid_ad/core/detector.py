@@ -2,9 +2,9 @@
 
 `Detector.fit` trains every stage on a time-ordered training frame (validation for early
 stopping), `score` runs them all on any frame, and `save` / `load` move the fitted state to
-and from a checked directory with no pickle in it. `LiveScorer` scores events one at a time,
-carrying the behavioural state from event to event; it and `score` share one path from
-prepared events to probabilities, so live and batch scores agree.
+and from a checked directory with no pickle in it. `live()` gives a `LiveScorer`
+(`hybrid_ad.core.live`), which scores micro-batches as they arrive; it and `score` share one
+path from prepared events to scores, alerts and reasons (`hybrid_ad.core.scoring`).
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ import copy
 import fnmatch
 import json
 import platform
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
-from hybrid_ad.behavioural.live import DeadLetter, FeatureState
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.data import EVENT_SECONDS, check_training_range, event_ids, validate_events
+from hybrid_ad.core.scoring import readable_input, score_prepared
+from hybrid_ad.data import EVENT_SECONDS, Columns, check_training_range, event_ids
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.monitoring.reference import REFERENCE_FILE, DriftReference, score_columns
@@ -36,13 +35,17 @@ from hybrid_ad.stages.judge import Judge
 from hybrid_ad.stages.label_free import HistogramDetector, TailScale, prior, soft_targets
 from hybrid_ad.stages.rules import RuleResult, RuleSet
 
+if TYPE_CHECKING:
+    from hybrid_ad.core.live import LiveScorer
+
+__all__ = ["SIGNALS", "Detector", "StageOutputs", "library_versions", "readable_input"]
+
 Events = pd.DataFrame | PreparedEvents
 """What every method takes: a raw frame, or events already prepared by `prepare_events`."""
 
 
 SIGNALS = ("rules", "autoencoder", "histogram")
 """The label-free signals, each a score where higher is more unusual."""
-REASONS_PER_STAGE = 3
 
 
 @dataclass(frozen=True)
@@ -264,17 +267,16 @@ class Detector:
         return self._score_events(self._events(frame, source, history=history))
 
     def _score_events(self, events: pd.DataFrame) -> pd.DataFrame:
-        outputs = self._outputs(events)
-        inputs, _ = self._judge_matrix(outputs)
+        scored = score_prepared(self, events)
         result = pd.DataFrame(index=events.index)
-        result["score"] = self._fitted_judge().predict_proba(inputs)
+        result["score"] = scored.score
         if self.threshold_ is not None:
-            result["alert"] = result["score"].to_numpy() >= self.threshold_
-        result["rule_score"] = outputs.rules.score
-        result["reconstruction_error"] = outputs.reconstruction_error
-        result["histogram_score"] = outputs.histogram
-        result["rules_hit"] = outputs.rules.hit_names()
-        result["clipped"] = outputs.features.clipped_names()
+            result["alert"] = scored.alert
+        result["rule_score"] = scored.rule_score
+        result["reconstruction_error"] = scored.reconstruction_error
+        result["histogram_score"] = scored.histogram_score
+        result["rules_hit"] = scored.rules_hit
+        result["clipped"] = scored.clipped
         return result
 
     def explain(
@@ -287,46 +289,8 @@ class Detector:
         the bias sum to the margin); the autoencoder's worst-reconstructed inputs.
         """
         events = self._events(frame, source, history=history)
-        return pd.DataFrame({"reasons": self._reasons(events)}, index=events.index)
-
-    def _reasons(self, events: pd.DataFrame) -> list[str]:
-        outputs = self._outputs(events)
-        inputs, names = self._judge_matrix(outputs)
-        contributions = self._fitted_judge().contributions(inputs)[:, :-1]
-        assert self.autoencoder_ is not None and self.autoencoder_inputs_ is not None
-        input_errors = self.autoencoder_.input_errors(
-            outputs.features.scaled[:, self.autoencoder_inputs_]
-        )
-        ae_names = [outputs.features.scaled_names[i] for i in self.autoencoder_inputs_]
-        k = REASONS_PER_STAGE
-        top_judge = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
-        top_ae = np.argsort(-input_errors, axis=1, kind="stable")[:, :k]
-        rule_reasons = outputs.rules.reasons
-        reasons = []
-        for row in range(len(events)):
-            fired = np.flatnonzero(outputs.rules.hits[row])
-            payload = {
-                "rules": [
-                    {"rule": outputs.rules.names[i], "reason": rule_reasons[i]} for i in fired
-                ],
-                "judge": [
-                    {
-                        "input": readable_input(names[i]),
-                        "value": round(float(inputs[row, i]), 4),
-                        "contribution": round(float(contributions[row, i]), 4),
-                    }
-                    for i in top_judge[row]
-                ],
-                "autoencoder": [
-                    {
-                        "input": readable_input(ae_names[i]),
-                        "squared_error": round(float(input_errors[row, i]), 4),
-                    }
-                    for i in top_ae[row]
-                ],
-            }
-            reasons.append(json.dumps(payload, separators=(",", ":")))
-        return reasons
+        reasons = score_prepared(self, events, explain="all").reasons
+        return pd.DataFrame({"reasons": reasons}, index=events.index)
 
     def monitored(
         self, frame: Events, source: str = "input", history: Events | None = None
@@ -379,12 +343,28 @@ class Detector:
         """The label-free stages' outputs, for evaluation and inspection."""
         return self._outputs(self._events(frame, source, history=history))
 
-    def live(self, history: Events | None = None) -> LiveScorer:
-        """A scorer for events one at a time, its behavioural state warmed up on `history`."""
-        self._fitted_judge()
-        return LiveScorer(self, history)
+    def live(self, history: Events | None = None, state: bytes | None = None) -> LiveScorer:
+        """A scorer for events as they arrive, in micro-batches or one at a time: its
+        behavioural state warmed up on `history`, or restored from a `LiveScorer.checkpoint`."""
+        from hybrid_ad.core.live import LiveScorer
 
-    def _outputs(self, events: pd.DataFrame) -> StageOutputs:
+        self._fitted_judge()
+        return LiveScorer(self, history, state)
+
+    def label_free_outputs(self, events: Columns) -> StageOutputs:
+        """The label-free stages on prepared events (a frame, or a mapping of columns): the
+        first step of the scoring core (`hybrid_ad.core.scoring`)."""
+        return self._outputs(events)
+
+    def judge_inputs(self, outputs: StageOutputs) -> tuple[np.ndarray, list[str]]:
+        """The judge's input matrix and its column names, from the label-free outputs."""
+        return self._judge_matrix(outputs)
+
+    def fitted_judge(self) -> Judge:
+        """The judge; a RuntimeError before `fit` / `fit_judge`."""
+        return self._fitted_judge()
+
+    def _outputs(self, events: Columns) -> StageOutputs:
         self._require_unsupervised()
         assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
         unlabelled = self._unlabelled(events)
@@ -393,11 +373,15 @@ class Detector:
         histogram = self.histogram_.decision_function(features.scaled)
         return StageOutputs(features, self.rules_.evaluate(unlabelled), error, embedding, histogram)
 
-    def _unlabelled(self, events: pd.DataFrame) -> pd.DataFrame:
+    def _unlabelled(self, events: Columns) -> Columns:
         """The events without the label and kind columns: label-free stages cannot read them."""
         hidden = [self.config.data.label, self.config.evaluation.kind_column]
         present = [column for column in hidden if column is not None and column in events]
-        return events.drop(columns=present) if present else events
+        if not present:
+            return events
+        if isinstance(events, pd.DataFrame):
+            return events.drop(columns=present)
+        return {name: values for name, values in events.items() if name not in present}
 
     def _judge_matrix(self, outputs: StageOutputs) -> tuple[np.ndarray, list[str]]:
         """Everything the earlier stages know, by name. The autoencoder's latent code is left
@@ -596,77 +580,6 @@ class Detector:
             detector.drift_reference_ = DriftReference.from_bytes(files[REFERENCE_FILE], source)
         detector.data_sha256_ = manifest.get("data_sha256")
         return detector
-
-
-class LiveScorer:
-    """Scores events one at a time, as they arrive, with the detector's single scoring path.
-
-    The behavioural state (`FeatureState`) carries each entity's history from event to event,
-    so scoring a sequence here gives the probabilities `Detector.score` gives the whole
-    sequence. An event that cannot be scored (malformed, or later than the allowed lateness)
-    returns None and is kept in `dead_letters` with the reason; the state is unchanged by it.
-    """
-
-    def __init__(self, detector: Detector, history: Events | None = None) -> None:
-        self.detector = detector
-        self.dead_letters: list[DeadLetter] = []
-        config = detector.config
-        behavioural = config.features.behavioural
-        self._label = config.data.label
-        self._state: FeatureState | None = None
-        if behavioural is not None:
-            label = self._label if behavioural.label_risk is not None else None
-            self._state = FeatureState(behavioural, label, time_column=EVENT_SECONDS)
-            if history is not None:
-                past = history.frame if isinstance(history, PreparedEvents) else history
-                past, _ = validate_events(past, config.data, "history")
-                self._state.update_many(past.sort_values(EVENT_SECONDS, kind="stable"))
-
-    def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The event's row of `Detector.score` as a dict, or None if it is a dead letter."""
-        try:
-            events, columns = validate_events(
-                pd.DataFrame([dict(event)]), self.detector.config.data, "event"
-            )
-        except InputError as exc:
-            self.dead_letters.append(DeadLetter(dict(event), str(exc)))
-            return None
-        if self._state is not None:
-            row = events.iloc[0].to_dict()
-            if self._label is not None:
-                row.setdefault(self._label, None)  # not labelled yet: an unknown label
-            behaviour = self._state.update(row)
-            if behaviour is None:
-                self.dead_letters.append(self._state.dead_letters.pop())
-                return None
-            # one concat: assign(**behaviour) inserted the columns one by one, about 60% of the
-            # time per event with the 88 streaming features
-            events = pd.concat([events, pd.DataFrame([behaviour], index=events.index)], axis=1)
-        scored = self.detector._score_events(
-            self.detector._events(PreparedEvents(events, columns, "event"), "event")
-        )
-        return scored.iloc[0].to_dict()
-
-
-def readable_input(name: str) -> str:
-    """A judge or autoencoder input as a person would say it, for reasons and importance."""
-    fixed = {
-        "n_extreme_components": "number of extreme features",
-        "max_abs_z": "largest |z| of a feature",
-        "rms_z": "overall distance from typical (rms z)",
-        "autoencoder_surprise": "autoencoder reconstruction error (rarity)",
-        "histogram_surprise": "histogram outlier score (rarity)",
-        "rule_score": "rule score",
-        "hour_sin": "hour of day (sine)",
-        "hour_cos": "hour of day (cosine)",
-    }
-    if name in fixed:
-        return fixed[name]
-    if name.startswith("z_"):
-        return f"{name[2:]} (standardised)"
-    if name.startswith("rule_"):
-        return f"rule {name[5:]} fired"
-    return name
 
 
 def library_versions() -> dict[str, str]:

@@ -4,8 +4,8 @@ The model directory's files travel as bytes with the task (no pickle of a model 
 each Python worker writes them to a private folder once and loads them with `Detector.load`,
 which verifies every file against the manifest, and keeps the detector for the worker's later
 tasks. Every batch goes through the scoring core (`prepare_events`, which takes the
-backfilled behavioural columns as given, then `Detector.score` and `Detector.explain`), the
-same path as `hybrid-ad score`, so the scores are the local ones.
+backfilled behavioural columns as given, then `core.scoring.score_prepared` with every
+event explained), the path of `hybrid-ad score`, so the scores are the local ones.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hybrid_ad.artifacts import MANIFEST
 from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.scoring import score_prepared
 from hybrid_ad.data import EVENT_ID, event_ids
 from hybrid_ad.jobs.pipeline import require_judge
 from hybrid_ad.spark.features import ROW_ID, backfill
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.types import StructType
 
+NUMERIC_COLUMNS = ("rule_score", "reconstruction_error", "histogram_score")
 TEXT_COLUMNS = ("rules_hit", "clipped", "reasons")
 _DETECTORS: dict[str, Detector] = {}
 """Per Python worker: the detectors loaded so far, by manifest sha256."""
@@ -67,8 +69,7 @@ def output_schema(detector: Detector) -> StructType:
     fields.append(StructField("score", DoubleType()))
     if detector.threshold_ is not None:
         fields.append(StructField("alert", BooleanType()))
-    for name in ("rule_score", "reconstruction_error", "histogram_score"):
-        fields.append(StructField(name, DoubleType()))
+    fields += [StructField(name, DoubleType()) for name in NUMERIC_COLUMNS]
     fields += [StructField(name, StringType()) for name in TEXT_COLUMNS]
     return StructType(fields)
 
@@ -82,17 +83,34 @@ def score_batches(
         import pyarrow
 
         detector = worker_detector(files)
+        arrow_schema = pyarrow.schema(
+            [(ROW_ID, pyarrow.int64()), (EVENT_ID, pyarrow.string()), ("score", pyarrow.float64())]
+            + ([("alert", pyarrow.bool_())] if detector.threshold_ is not None else [])
+            + [(name, pyarrow.float64()) for name in NUMERIC_COLUMNS]
+            + [(name, pyarrow.string()) for name in TEXT_COLUMNS]
+        )
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             raw = batch.to_pandas()  # the backfill gave times back as timestamps
             events = prepare_events(raw.drop(columns=[ROW_ID]), detector.config, source)
-            scored = detector.score(events).join(detector.explain(events))
-            scored.insert(0, EVENT_ID, event_ids(raw, detector.config.data, source).to_numpy())
-            scored.insert(0, ROW_ID, raw[ROW_ID].to_numpy())
-            yield pyarrow.RecordBatch.from_pandas(
-                scored.astype({name: object for name in TEXT_COLUMNS}), preserve_index=False
+            scored = score_prepared(detector, events.frame, explain="all", threads=1)
+            columns = {
+                ROW_ID: raw[ROW_ID].to_numpy(),
+                EVENT_ID: event_ids(raw, detector.config.data, source).to_numpy(object),
+                "score": scored.score,
+            }
+            if scored.threshold is not None:
+                columns["alert"] = scored.alert
+            columns.update(
+                rule_score=scored.rule_score,
+                reconstruction_error=scored.reconstruction_error,
+                histogram_score=scored.histogram_score,
+                rules_hit=scored.rules_hit,
+                clipped=scored.clipped,
+                reasons=scored.reasons,
             )
+            yield pyarrow.RecordBatch.from_pydict(columns, schema=arrow_schema)
 
     return run
 

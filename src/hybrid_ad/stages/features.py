@@ -18,7 +18,7 @@ import pandas as pd
 
 from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, feature_names
 from hybrid_ad.config import Config, FeaturesConfig
-from hybrid_ad.data import EVENT_SECONDS, numeric_column, validate_events
+from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, numeric_column, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stages.rules import calendar_flags, hour_of_day
 
@@ -185,20 +185,26 @@ class FeatureBuilder:
         assert self.columns_ is not None
         return [*self.columns_, *self.behavioural_, *self.judge_only_]
 
-    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
+    def _raw(self, frame: Columns) -> np.ndarray:
         columns = self._all_columns()
-        missing = [name for name in columns if name not in frame.columns]
+        missing = [name for name in columns if name not in frame]
         if missing:
             raise InputError(f"missing feature column '{missing[0]}'")
-        raw = frame[columns].to_numpy(np.float64, copy=True)
+        if isinstance(frame, pd.DataFrame):
+            raw = frame[columns].to_numpy(np.float64, copy=True)
+        else:
+            raw = np.empty((n_rows(frame), len(columns)))
+            for index, name in enumerate(columns):
+                raw[:, index] = frame[name]
         logged = [columns.index(name) for name in self.config.log_scale]
         logged += range(len(self.columns_ or ()), len(columns))
         for index in logged:
             raw[:, index] = np.sign(raw[:, index]) * np.log1p(np.abs(raw[:, index]))
         return raw
 
-    def transform(self, frame: pd.DataFrame) -> FeatureMatrix:
-        """Scaled inputs plus the engineered summaries, for any number of events."""
+    def transform(self, frame: Columns) -> FeatureMatrix:
+        """Scaled inputs plus the engineered summaries, for any number of events: `frame` is a
+        frame or a mapping of column name to equally long arrays."""
         if self.columns_ is None or self.mean_ is None or self.std_ is None:
             raise RuntimeError("FeatureBuilder.transform called before fit")
         assert self.low_ is not None and self.high_ is not None
@@ -212,11 +218,12 @@ class FeatureBuilder:
         scaled_parts = [z, z_all[:, n_base : n_base + n_behavioural]]
         scaled_names = [f"z_{name}" for name in self.columns_] + self.behavioural_
         if self.config.hour_of_day:
-            angle = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64)) * (2 * np.pi / 24)
+            seconds = np.asarray(frame[EVENT_SECONDS], dtype=np.float64)
+            angle = hour_of_day(seconds) * (2 * np.pi / 24)
             scaled_parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
             scaled_names += ["hour_sin", "hour_cos"]
         if self.config.calendar:
-            seconds = frame[EVENT_SECONDS].to_numpy(np.float64)
+            seconds = np.asarray(frame[EVENT_SECONDS], dtype=np.float64)
             scaled_parts.append(
                 calendar_flags(seconds, self.config.calendar, self.config.night_hours)
             )

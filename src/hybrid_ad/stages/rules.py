@@ -21,7 +21,7 @@ from hybrid_ad.config import (
     QuantileRef,
     RulesConfig,
 )
-from hybrid_ad.data import EVENT_SECONDS, numeric_column, resolve_columns
+from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, numeric_column, resolve_columns
 from hybrid_ad.errors import ArtifactError, InputError
 
 SECONDS_PER_DAY = 86_400.0
@@ -87,7 +87,7 @@ class RuleSet:
 
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(self, frame: pd.DataFrame) -> RuleSet:
+    def fit(self, frame: Columns) -> RuleSet:
         """Learn every quantile, mean and standard deviation the rules refer to."""
         statistics: dict[str, float] = {}
         for rule in self.config.rules:
@@ -96,7 +96,7 @@ class RuleSet:
         return self
 
     def _learn(
-        self, condition: Condition, frame: pd.DataFrame, stats: dict[str, float], rule: str
+        self, condition: Condition, frame: Columns, stats: dict[str, float], rule: str
     ) -> None:
         if condition.threshold is not None:
             spec = condition.threshold
@@ -118,12 +118,13 @@ class RuleSet:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, frame: pd.DataFrame) -> RuleResult:
-        """Evaluate every rule on every event (vectorised)."""
+    def evaluate(self, frame: Columns) -> RuleResult:
+        """Evaluate every rule on every event (vectorised): `frame` is a frame or a mapping of
+        column name to equally long arrays (with `EVENT_SECONDS`)."""
         if self.statistics_ is None:
             raise RuntimeError("RuleSet.evaluate called before fit")
         rules = self.config.rules
-        hits = np.zeros((len(frame), len(rules)), dtype=bool)
+        hits = np.zeros((n_rows(frame), len(rules)), dtype=bool)
         for index, rule in enumerate(rules):
             hits[:, index] = self._mask(rule.when, frame, rule.name)
         weights = np.array([rule.weight for rule in rules])
@@ -140,7 +141,7 @@ class RuleSet:
         """The rules' own decision: a rule score at or above the pseudo-label threshold."""
         return score >= self.config.pseudo_label_threshold
 
-    def _mask(self, condition: Condition, frame: pd.DataFrame, rule: str) -> np.ndarray:
+    def _mask(self, condition: Condition, frame: Columns, rule: str) -> np.ndarray:
         stats = self.statistics_ or {}
         if condition.threshold is not None:
             spec = condition.threshold
@@ -159,13 +160,13 @@ class RuleSet:
             return np.abs(_column(frame, spec_z.feature, rule) - mean) / std > spec_z.abs_above
         if condition.count_extreme is not None:
             spec_c = condition.count_extreme
-            count = np.zeros(len(frame), dtype=np.int64)
+            count = np.zeros(n_rows(frame), dtype=np.int64)
             for feature in _expand(spec_c.features, frame, rule):
                 mean, std = _moments(stats, feature)
                 count += np.abs(_column(frame, feature, rule) - mean) / std > spec_c.abs_z_above
             return count >= spec_c.at_least
         if condition.hour_of_day is not None:
-            hours = hour_of_day(frame[EVENT_SECONDS].to_numpy(np.float64))
+            hours = hour_of_day(np.asarray(frame[EVENT_SECONDS], dtype=np.float64))
             return in_hours(hours, condition.hour_of_day)
         if condition.all is not None:
             return np.logical_and.reduce([self._mask(c, frame, rule) for c in condition.all])
@@ -231,14 +232,19 @@ def _refers_to(condition: Condition, key: str) -> bool:
     return any(_refers_to(child, key) for child in _children(condition))
 
 
-def _column(frame: pd.DataFrame, feature: str, rule: str) -> np.ndarray:
-    if feature not in frame.columns:
+def _column(frame: Columns, feature: str, rule: str) -> np.ndarray:
+    if feature not in frame:
         raise InputError(f"rule '{rule}': no column '{feature}' in the data")
+    values = frame[feature]
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values  # prepared: validated, finite
+    if not isinstance(frame, pd.DataFrame):
+        frame = pd.DataFrame({feature: values})
     return numeric_column(frame, feature, f"rule '{rule}'")
 
 
-def _expand(patterns: list[str], frame: pd.DataFrame, rule: str) -> list[str]:
-    candidates = [column for column in frame.columns if column != EVENT_SECONDS]
+def _expand(patterns: list[str], frame: Columns, rule: str) -> list[str]:
+    candidates = [column for column in frame if column != EVENT_SECONDS]
     return resolve_columns(patterns, candidates, f"rule '{rule}'")
 
 
