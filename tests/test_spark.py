@@ -94,6 +94,36 @@ def test_spark_features_equal_the_local_batch_engine_on_every_key(workspace: Pat
     assert meta["features"] == names
 
 
+def test_label_risk_last_n_and_every_aggregate_equal_the_local_engine(workspace: Path) -> None:
+    """Label delays, last-N windows, std/min/max/ratio and a short TTL, on two of the keys."""
+    behavioural = {
+        "entity_keys": ["device_id", ["account_id", "country"]],
+        "windows": ["1h", "1d"],
+        "last_n": [5],
+        "values": ["amount", "watch_seconds"],
+        "aggregates": ["count", "sum", "mean", "std", "min", "max", "ratio_to_mean"],
+        "session_gap": "30m",
+        "label_risk": {"windows": ["1d", "3d"], "delay": "1d", "keys": ["device_id"]},
+        "entity_ttl": "4d",
+    }
+    tables = {}
+    for engine in ("local", "spark"):
+        tables[engine] = workspace / f"risk_{engine}"
+        _invoke(
+            "features", "--engine", engine, "--config", str(workspace / "config.yaml"),
+            "--input", str(workspace / "events.parquet"), "--output", str(tables[engine]),
+            "--set", f"features.behavioural={json.dumps(behavioural)}",
+            "--set", "judge.label_source=truth",
+        )  # fmt: skip
+    local, spark = (pd.read_parquet(tables[engine]) for engine in ("local", "spark"))
+    names = [name for name in local.columns if "__" in name]
+    assert "device_id__label_rate_3d_delay1d" in names
+    assert "account_id+country__amount_std_last5" in names
+    assert list(spark.columns) == list(local.columns)
+    np.testing.assert_allclose(spark[names], local[names], rtol=1e-9, atol=1e-9)
+    assert local["device_id__labelled_events_3d_delay1d"].max() > 0
+
+
 def test_run_trains_on_the_feature_table_as_on_the_raw_log(workspace: Path) -> None:
     config = str(workspace / "config.yaml")
     _invoke("run", "--config", config, "--out", str(workspace / "raw_run"))

@@ -62,6 +62,7 @@ def key_columns(key: str | list[str]) -> list[str]:
 
 def read_events(spark: SparkSession, path: Path) -> tuple[DataFrame, list[str], set[str]]:
     """The input with `ROW_ID`, its own columns, and which of them hold nanosecond times."""
+    import pyarrow
     import pyarrow.dataset as ds
     from pyspark.sql import functions as F
 
@@ -74,8 +75,7 @@ def read_events(spark: SparkSession, path: Path) -> tuple[DataFrame, list[str], 
     nanos = {
         field.name
         for field in schema
-        if pd.api.types.is_datetime64_any_dtype(field.type.to_pandas_dtype())
-        and getattr(field.type, "unit", None) == "ns"
+        if pyarrow.types.is_timestamp(field.type) and field.type.unit == "ns"
     }
     frame = spark.read.parquet(str(path))
     columns = list(frame.columns)
