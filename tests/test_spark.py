@@ -177,6 +177,14 @@ def test_spark_scores_equal_local_score(workspace: Path) -> None:
         assert spark[column].tolist() == local[column].tolist()
     for ours, theirs in zip(spark["reasons"], local["reasons"], strict=True):
         assert json.loads(ours).keys() == json.loads(theirs).keys()
+    # a feature table scores the same, its features taken as they are
+    _invoke(
+        "score", "--engine", "spark", "--model", str(model),
+        "--input", str(workspace / "table_spark"), "--output", str(workspace / "scores_table"),
+    )  # fmt: skip
+    from_table = pd.read_parquet(workspace / "scores_table")
+    assert from_table["event_id"].tolist() == local["event_id"].tolist()
+    np.testing.assert_allclose(from_table[numeric], local[numeric], rtol=1e-9, atol=1e-12)
 
 
 def test_spark_inputs_a_user_gets_wrong_are_one_line(workspace: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from hybrid_ad.data import EVENT_SECONDS, event_seconds
 from hybrid_ad.errors import InputError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 ROW_ID = "_hybrid_ad_row"
 """Arrival position: file index (in name order) * 2**40 + row index in the file."""
@@ -177,15 +177,19 @@ def backfill(spark: SparkSession, path: Path, config: Config) -> tuple[DataFrame
             .applyInPandas(bucket_features(config.data, single, nanos, str(path)), schema)
         )
         result = result.join(part, ROW_ID)
-    restored = [
-        F.expr("timestamp_micros((`{0}` - pmod(`{0}`, 1000)) div 1000)".format(quoted(name))).alias(
-            name
-        )
-        if name in nanos
-        else F.col(name)
+    restored = restored_times(columns, nanos)
+    return result.select(ROW_ID, *restored, *feature_names(behavioural)), rows
+
+
+def restored_times(columns: list[str], nanos: set[str]) -> list[Column]:
+    """The input columns, nanosecond times as Spark timestamps (to the microsecond)."""
+    from pyspark.sql import functions as F
+
+    micros = "timestamp_micros((`{0}` - pmod(`{0}`, 1000)) div 1000)"
+    return [
+        F.expr(micros.format(quoted(name))).alias(name) if name in nanos else F.col(name)
         for name in columns
     ]
-    return result.select(ROW_ID, *restored, *feature_names(behavioural)), rows
 
 
 def write_backfill(spark: SparkSession, path: Path, config: Config, table: Path) -> int:

@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hybrid_ad.artifacts import MANIFEST
+from hybrid_ad.behavioural.batch import feature_names
+from hybrid_ad.config import Config
 from hybrid_ad.core.detector import Detector
 from hybrid_ad.core.scoring import score_prepared
 from hybrid_ad.data import EVENT_ID, event_ids
+from hybrid_ad.jobs.features import check_feature_table
 from hybrid_ad.jobs.pipeline import require_judge
-from hybrid_ad.spark.features import ROW_ID, backfill
+from hybrid_ad.spark.features import ROW_ID, backfill, read_events, restored_times
 from hybrid_ad.stages.features import prepare_events
 
 if TYPE_CHECKING:
     import pyarrow
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 NUMERIC_COLUMNS = ("rule_score", "reconstruction_error", "histogram_score")
@@ -123,7 +126,19 @@ def write_scores(spark: SparkSession, model_dir: Path, path: Path, table: Path) 
     require_judge(detector, model_dir)
     files = model_files(model_dir)
     with user_errors():
-        features, rows = backfill(spark, path, detector.config)
+        features, rows = scoring_input(spark, path, detector.config)
         scored = features.mapInArrow(score_batches(files, str(path)), output_schema(detector))
         scored.orderBy(ROW_ID).drop(ROW_ID).write.parquet(str(table))
     return rows
+
+
+def scoring_input(spark: SparkSession, path: Path, config: Config) -> tuple[DataFrame, int]:
+    """The events with their behavioural features: backfilled, or taken as they are from a
+    feature table (every behavioural column present, its sidecar matching the config)."""
+    behavioural = config.features.behavioural
+    events, columns, nanos = read_events(spark, path)
+    if behavioural is not None:
+        if not all(name in columns for name in feature_names(behavioural)):
+            return backfill(spark, path, config)
+        check_feature_table(path, config)
+    return events.select(ROW_ID, *restored_times(columns, nanos)), events.count()
