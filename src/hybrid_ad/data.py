@@ -11,7 +11,7 @@ import fnmatch
 import gzip
 import hashlib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,58 @@ EVENT_SECONDS = "_event_seconds"
 
 Columns = pd.DataFrame | Mapping[str, Any]
 """Events as columns: a frame, or a mapping of column name to equally long arrays."""
+
+
+class ColumnBlocks(Mapping[str, np.ndarray]):
+    """Events as named float columns, some of them held together as the columns of 2-D
+    blocks: the live path gets its behavioural features as one (events, features) array, and
+    `matrix` takes many columns out of a block in one step rather than one by one."""
+
+    def __init__(
+        self,
+        columns: Mapping[str, np.ndarray],
+        blocks: list[tuple[list[str], np.ndarray]] | None = None,
+    ) -> None:
+        self._columns = dict(columns)
+        self._blocks = [block for _, block in blocks or []]
+        self._where = {
+            name: (index, position)
+            for index, (names, _) in enumerate(blocks or [])
+            for position, name in enumerate(names)
+            if name not in self._columns
+        }
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._columns:
+            return self._columns[name]
+        index, position = self._where[name]
+        return self._blocks[index][:, position]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns or name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._columns
+        yield from self._where
+
+    def __len__(self) -> int:
+        return len(self._columns) + len(self._where)
+
+    def matrix(self, names: list[str]) -> np.ndarray:
+        """These columns as a new (events, len(names)) float64 array."""
+        out = np.empty((n_rows(self), len(names)))
+        taken: dict[int, tuple[list[int], list[int]]] = {}
+        for at, name in enumerate(names):
+            if name in self._columns:
+                out[:, at] = self._columns[name]
+            else:
+                index, position = self._where[name]
+                targets, sources = taken.setdefault(index, ([], []))
+                targets.append(at)
+                sources.append(position)
+        for index, (targets, sources) in taken.items():
+            out[:, targets] = self._blocks[index][:, sources]
+        return out
 
 
 def n_rows(columns: Columns) -> int:
@@ -351,22 +403,45 @@ def event_ids(frame: pd.DataFrame, config: DataConfig, source: str = "events") -
     missing = [column for column in [config.timestamp, *config.entity_keys] if column not in frame]
     if missing:
         raise InputError(f"{source}: missing column '{missing[0]}'")
-    features = sorted(feature_columns(frame, config, source))
-    if len(frame) == 0:
-        return pd.Series([], index=frame.index, name=EVENT_ID, dtype=str)
-    block = np.empty((len(frame), 1 + len(features)), dtype="<f8")
-    block[:, 0] = event_seconds(frame, config, source) + 0.0
-    for position, column in enumerate(features, start=1):
-        block[:, position] = numeric_column(frame, column, source) + 0.0
+    features = feature_columns(frame, config, source)
+    seconds = event_seconds(frame, config, source)
+    values = {column: numeric_column(frame, column, source) for column in features}
+    keys = [
+        canonical_text(frame[column], column, source, what="value").tolist()
+        for column in config.entity_keys
+    ]
+    ids = derived_event_ids(seconds, values, keys)
+    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
+
+
+def derived_event_ids(
+    seconds: np.ndarray, features: Mapping[str, np.ndarray], keys: list[list[str]]
+) -> list[str]:
+    """The ids `event_ids` derives, from parsed columns: event times in seconds, each feature
+    column's float64 values by name, and each entity key's canonical text (`canonical_text`),
+    in `data.entity_keys` order. The one definition, for files and live events alike."""
+    n = len(seconds)
+    if n == 0:
+        return []
+    names = sorted(features)
+    block = np.empty((n, 1 + len(names)), dtype="<f8")
+    block[:, 0] = np.asarray(seconds, dtype=np.float64) + 0.0
+    for position, name in enumerate(names, start=1):
+        block[:, position] = np.asarray(features[name], dtype=np.float64) + 0.0
     width = block.shape[1] * 8
     rows = memoryview(np.ascontiguousarray(block)).cast("B")
-    keys = _netstrings(frame, config.entity_keys, source)
+    if keys:
+        tails = [
+            "".join(f"{len(text)}:{text}," for text in texts).encode()
+            for texts in zip(*keys, strict=True)
+        ]
+    else:
+        tails = [b""] * n
     sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
-    ids = [
-        sha256(rows[row * width : (row + 1) * width].tobytes() + key.encode()).hexdigest()[:digits]
-        for row, key in enumerate(keys)
+    return [
+        sha256(rows[row * width : (row + 1) * width].tobytes() + tail).hexdigest()[:digits]
+        for row, tail in enumerate(tails)
     ]
-    return pd.Series(ids, index=frame.index, name=EVENT_ID, dtype=str)
 
 
 def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
@@ -386,18 +461,6 @@ def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
             f"at data rows {first + 1} and {row + 1}"
         )
     return ids.rename(EVENT_ID)
-
-
-def _netstrings(frame: pd.DataFrame, columns: list[str], source: str) -> list[str]:
-    if not columns:
-        return [""] * len(frame)
-    joined: pd.Series | None = None
-    for column in columns:
-        text = canonical_text(frame[column], column, source, what="value")
-        piece = text.str.len().astype(str) + ":" + text + ","
-        joined = piece if joined is None else joined + piece
-    assert joined is not None
-    return joined.tolist()
 
 
 def canonical_text(values: pd.Series, column: str, source: str, what: str) -> pd.Series:

@@ -21,6 +21,14 @@ class ArtifactError(HybridADError):
     """A saved model is missing, truncated, tampered with, or from an incompatible version."""
 
 
+class NotFittedError(HybridADError, ValueError, AttributeError):
+    """A stage or detector used before `fit` (or before loading its saved files).
+
+    The bases are scikit-learn's `NotFittedError`'s (ValueError, AttributeError), so code that
+    expects those catches it; it does not inherit scikit-learn's class itself, since importing
+    scikit-learn costs seconds on every command that only needs an error type."""
+
+
 class StoreError(HybridADError):
     """A label store cannot be reached or opened, or is not a label store."""
 

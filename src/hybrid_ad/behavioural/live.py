@@ -35,6 +35,8 @@ _CHUNK = 65_536
 """`update_many` works through this many rows at a time: entity slots are assigned per chunk
 and idle entities evicted between chunks, so memory stays bounded on long frames."""
 _MIN_HEAP_ROWS = 1024
+_FEW_ROWS = 16
+"""Up to this many events, entity slots are looked up row by row (factorizing costs more)."""
 
 
 class DeadLetter(NamedTuple):
@@ -198,6 +200,12 @@ class FeatureState:
         The fused fast path: each event is described, then remembered, in one kernel pass.
         """
         return self._kept(frame, self.step(frame), dead_letters=True)
+
+    def fit(self, frame: pd.DataFrame) -> FeatureState:
+        """Learn a history of events (`remember`); returns the state, as scikit-learn's `fit`
+        does. An empty state is usable too: every entity starts afresh."""
+        self.remember(frame)
+        return self
 
     def describe(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Each event's features from the state as it is, and nothing changes: the events do
@@ -414,6 +422,12 @@ class FeatureState:
         new: list[int] = []
         ok = np.flatnonzero(~skip)
         if ok.size == 0:
+            return slots, new
+        if ok.size <= _FEW_ROWS:  # a few events: the dictionaries directly, no factorize
+            columns = [keys[column] for column in self.feature_plan.columns]
+            for row in ok.tolist():
+                entity = tuple([values[row] for values in columns])
+                new += self._slots_of_keys(self._table_keys(entity), slots[row])
             return slots, new
         rows = {column: values[ok] for column, values in keys.items()} if ok.size < n else keys
         for index, (table, columns) in enumerate(

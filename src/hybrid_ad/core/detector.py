@@ -25,7 +25,7 @@ from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
 from hybrid_ad.core.scoring import readable_input, score_prepared
 from hybrid_ad.data import EVENT_SECONDS, Columns, check_training_range, event_ids
-from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.errors import ArtifactError, InputError, NotFittedError
 from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.monitoring.reference import REFERENCE_FILE, DriftReference, score_columns
 from hybrid_ad.progress import QUIET, ProgressReporter
@@ -361,7 +361,7 @@ class Detector:
         return self._judge_matrix(outputs)
 
     def fitted_judge(self) -> Judge:
-        """The judge; a RuntimeError before `fit` / `fit_judge`."""
+        """The judge; a NotFittedError before `fit` / `fit_judge`."""
         return self._fitted_judge()
 
     def _outputs(self, events: Columns) -> StageOutputs:
@@ -468,11 +468,11 @@ class Detector:
 
     def _require_unsupervised(self) -> None:
         if self.features_ is None or self.rules_ is None or self.histogram_ is None:
-            raise RuntimeError("Detector is not fitted: call fit (or fit_unsupervised) first")
+            raise NotFittedError("Detector is not fitted: call fit (or fit_unsupervised) first")
 
     def _fitted_judge(self) -> Judge:
         if self.judge_ is None:
-            raise RuntimeError("Detector has no judge yet: call fit (or fit_judge) first")
+            raise NotFittedError("Detector has no judge yet: call fit (or fit_judge) first")
         return self.judge_
 
     # -- persistence --------------------------------------------------------------------------

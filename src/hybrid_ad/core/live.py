@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,16 +33,20 @@ import pandas as pd
 from hybrid_ad.behavioural.batch import feature_plan
 from hybrid_ad.behavioural.live import DeadLetter, FeatureState
 from hybrid_ad.core.detector import Detector, Events
-from hybrid_ad.core.scoring import Explain, score_prepared
-from hybrid_ad.data import EVENT_ID, EVENT_SECONDS, canonical_text, event_ids, validate_events
+from hybrid_ad.core.events import Batch, RawBatch, numbers, seconds, texts
+from hybrid_ad.core.scoring import Contributions, Explain, score_prepared
+from hybrid_ad.data import (
+    EVENT_ID,
+    EVENT_SECONDS,
+    ColumnBlocks,
+    canonical_text,
+    derived_event_ids,
+    validate_events,
+)
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stages.features import PreparedEvents
 
-__all__ = ["SCORE_COLUMNS", "Batch", "DeadLetter", "LiveScorer", "ScoredBatch"]
-
-Batch = pd.DataFrame | Mapping[str, Any] | Any
-"""A micro-batch of raw events: a DataFrame, a mapping of column name to equally long arrays
-or lists, or a pyarrow RecordBatch."""
+__all__ = ["SCORE_COLUMNS", "DeadLetter", "LiveScorer", "ScoredBatch"]
 
 SCORE_COLUMNS = (
     EVENT_ID,
@@ -67,12 +73,19 @@ class ScoredBatch:
 
     `scores`: one row per accepted event, in input order, indexed by the event's position in
     the batch, with `SCORE_COLUMNS`; `reasons` is the JSON string `Detector.explain` writes
-    for each explained event (by default the alerting ones) and None for the others.
+    for each explained event (by default the alerting ones) and None for the others. It is
+    built on first use from `columns` (the same values as numpy arrays, by column name) and
+    `positions`: a runtime that only forwards alerts need not pay for a DataFrame per event.
     `dead_letters`: the refused events, each with its one-line reason and position.
     """
 
-    scores: pd.DataFrame
+    columns: dict[str, np.ndarray]
+    positions: np.ndarray
     dead_letters: list[DeadLetter]
+
+    @cached_property
+    def scores(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns, index=pd.Index(self.positions), columns=SCORE_COLUMNS)
 
 
 class LiveScorer:
@@ -101,8 +114,9 @@ class LiveScorer:
         behavioural = config.features.behavioural
         self._label = config.data.label
         self._state: FeatureState | None = None
+        self._state_label: str | None = None
         self._lateness = 0.0
-        self._seen: dict[str, tuple[float, np.ndarray]] = {}
+        self._seen: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
         if behavioural is not None:
             label = self._label if behavioural.label_risk is not None else None
             self._state_label = label
@@ -115,16 +129,25 @@ class LiveScorer:
                 self._state.update_many(self._canonical_keys(past, "history"))
         if state is not None:
             self._restore(state)
-        columns = detector.feature_columns_ or []
-        needed = [config.data.timestamp, *config.data.entity_keys, *columns]
+        self._features = list(detector.feature_columns_ or [])
+        numeric, keys = list(self._features), list(config.data.entity_keys)
         if behavioural is not None:
-            needed += [*behavioural.entity_columns, *behavioural.values]
-        self._needed = list(dict.fromkeys(needed))
+            numeric += behavioural.values
+            keys += behavioural.entity_columns
+        self._numeric = list(dict.fromkeys(numeric))
+        self._keys = list(dict.fromkeys(keys))
+        self._needed = [config.data.timestamp, *self._numeric, *self._keys]
+        if config.data.event_id is not None:
+            self._needed.append(config.data.event_id)
 
     # -- scoring --------------------------------------------------------------------------------
 
     def score_many(
-        self, batch: Batch, remember: bool = True, explain: Explain = "alerts"
+        self,
+        batch: Batch,
+        remember: bool = True,
+        explain: Explain = "alerts",
+        contributions: Contributions = "exact",
     ) -> ScoredBatch:
         """Score a micro-batch of raw events (a DataFrame, a mapping of columns, or a pyarrow
         RecordBatch), in order.
@@ -132,26 +155,57 @@ class LiveScorer:
         `remember`: learn the events into the behavioural state (False: describe them against
         the state as it is, and change nothing). `explain`: which events get their `reasons`
         ("alerts" by default: TreeSHAP is the costly part; "all" gives every event the JSON
-        `Detector.explain` writes; "none").
+        `Detector.explain` writes; "none"). `contributions`: "exact" TreeSHAP, the reasons
+        `Detector.explain` gives, or "approximate" (XGBoost's path attribution, about 25x
+        cheaper per explained event; the same JSON, other contribution values).
         """
-        frame = _as_frame(batch)
-        dead: dict[int, str] = {}
-        events = self._validated(frame, dead)
-        ids = self._event_ids(events, dead)
-        events = events.loc[[i for i in events.index if i not in dead]]
-        ids = ids.loc[events.index]
-        prepared: dict[str, Any] = {name: events[name].to_numpy() for name in events.columns}
-        if self._state is not None and len(events):
-            behaviour, accepted = self._behaviour(frame, events, ids, remember, dead)
-            events, ids = events.iloc[accepted], ids.iloc[accepted]
+        raw = RawBatch(batch)
+        refused: dict[int, str] = {}
+        missing = [name for name in self._needed if name not in raw]
+        if missing:
+            refused = dict.fromkeys(range(raw.n), f"missing column '{missing[0]}'")
+            return self._result(raw, refused, {}, np.zeros(0, np.int64), [], explain, contributions)
+        data = self._data
+        columns = {EVENT_SECONDS: seconds(raw.column(data.timestamp), data, refused)}
+        for name in self._numeric:
+            columns[name] = numbers(raw.column(name), name, refused)
+        keys = {name: texts(raw.column(name), name, "entity key", refused) for name in self._keys}
+        if data.event_id is not None:
+            given = texts(raw.column(data.event_id), data.event_id, "event id", refused)
+            for position in np.flatnonzero(np.char.str_len(given.astype(str)) == 0).tolist():
+                refused.setdefault(position, f"column '{data.event_id}' has an empty event id")
+        positions = np.arange(raw.n)
+        if refused:
+            positions = np.flatnonzero(~np.isin(positions, list(refused)))
+            columns = {name: values[positions] for name, values in columns.items()}
+            keys = {name: values[positions] for name, values in keys.items()}
+        if data.event_id is not None:
+            ids = list(given[positions])
+        else:
+            features = {name: columns[name] for name in self._features}
+            ids = derived_event_ids(
+                columns[EVENT_SECONDS], features, [keys[name].tolist() for name in data.entity_keys]
+            )
+        prepared = {EVENT_SECONDS: columns[EVENT_SECONDS]}
+        prepared.update({name: columns[name] for name in self._features})
+        if self._state is not None and len(positions):
+            step = {EVENT_SECONDS: columns[EVENT_SECONDS]}
+            step.update({name: keys[name] for name in self._state.feature_plan.columns})
+            step.update({name: columns[name] for name in self._state.feature_plan.values})
+            if self._state_label is not None:
+                labels = (
+                    raw.column(self._state_label)
+                    if self._state_label in raw
+                    else np.full(raw.n, None, dtype=object)
+                )
+                step[self._state_label] = np.asarray(labels, dtype=object)[positions]
+            behaviour, accepted = self._behaviour(step, ids, positions, remember, refused)
+            positions = positions[accepted]
+            ids = [ids[i] for i in accepted.tolist()]
             prepared = {name: values[accepted] for name, values in prepared.items()}
             names = self._state.feature_names
-            prepared.update({name: behaviour[:, j] for j, name in enumerate(names)})
-        letters = [
-            DeadLetter(_row(frame, position), reason, position)
-            for position, reason in sorted(dead.items())
-        ]
-        return ScoredBatch(self._scores(prepared, events.index, ids, explain), letters)
+            prepared = ColumnBlocks(prepared, [(names, behaviour)])
+        return self._result(raw, refused, prepared, positions, ids, explain, contributions)
 
     def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
         """The event's row of `Detector.score` as a dict, or None if it is a dead letter (kept
@@ -160,11 +214,13 @@ class LiveScorer:
         if result.dead_letters:
             self.dead_letters.append(DeadLetter(dict(event), result.dead_letters[0].reason))
             return None
-        row = result.scores.iloc[0]
-        out: dict[str, Any] = {name: row[name] for name in EVENT_COLUMNS}
+        out: dict[str, Any] = {name: result.columns[name][0].item() for name in EVENT_COLUMNS}
         if self.detector.threshold_ is None:
             del out["alert"]
-        out["rules_hit"], out["clipped"] = row["rules_hit"], row["clipped"]
+        out["rules_hit"], out["clipped"] = (
+            result.columns["rules_hit"][0],
+            result.columns["clipped"][0],
+        )
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -225,109 +281,64 @@ class LiveScorer:
                 raise ValueError("ids and times differ in length")
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"live checkpoint: malformed remembered ids ({exc})") from None
-        self._seen = {
-            key: (t, rows[i].copy()) for i, (key, t) in enumerate(zip(ids, times, strict=True))
-        }
+        self._seen = OrderedDict(
+            (key, (t, rows[i].copy())) for i, (key, t) in enumerate(zip(ids, times, strict=True))
+        )
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _validated(self, frame: pd.DataFrame, dead: dict[int, str]) -> pd.DataFrame:
-        """The events that parse, as `validate_events` gives them; the others into `dead`."""
-        missing = [name for name in self._needed if name not in frame.columns]
-        if self._data.event_id is not None and self._data.event_id not in frame.columns:
-            missing.append(self._data.event_id)
-        if missing:
-            for position in range(len(frame)):
-                dead[position] = f"missing column '{missing[0]}'"
-            return frame.iloc[:0]
-        columns = self._needed + [
-            name for name in (self._data.event_id,) if name is not None and name not in self._needed
-        ]
-        parts = _validate_parts(frame[columns], self._data, dead)
-        if not parts:
-            return frame.iloc[:0].assign(**{EVENT_SECONDS: np.zeros(0)})
-        events = pd.concat(parts) if len(parts) > 1 else parts[0]
-        keys = [*self._data.entity_keys, *(self._state.feature_plan.columns if self._state else ())]
-        for name in dict.fromkeys(keys):
-            for position in np.flatnonzero(events[name].isna().to_numpy()).tolist():
-                dead.setdefault(int(events.index[position]), f"entity column '{name}' is missing")
-        return events
-
-    def _event_ids(self, events: pd.DataFrame, dead: dict[int, str]) -> pd.Series:
-        """Each event's id (the configured column, or the id derived from the event)."""
-        clean = events.loc[[i for i in events.index if i not in dead]]
-        column = self._data.event_id
-        if column is None:
-            return event_ids(clean, self._data, "event")
-        raw = clean[column]
-        for position in np.flatnonzero(raw.isna().to_numpy()).tolist():
-            dead[int(clean.index[position])] = f"missing event id in column '{column}'"
-        present = raw[raw.notna()]
-        ids = canonical_text(present, column, "event", what="event id")
-        for label in ids.index[(ids.str.strip() == "").to_numpy()].tolist():
-            dead[int(label)] = f"empty event id in column '{column}'"
-        return ids.rename(EVENT_ID)
-
     def _behaviour(
         self,
-        frame: pd.DataFrame,
-        events: pd.DataFrame,
-        ids: pd.Series,
+        columns: dict[str, np.ndarray],
+        ids: list[str],
+        positions: np.ndarray,
         remember: bool,
-        dead: dict[int, str],
+        refused: dict[int, str],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Behavioural features of the events (rows), and which of them were accepted.
+        """Behavioural features of the events, and the rows of them that were accepted.
 
         An id already remembered takes its remembered features; a repeat within the batch
         takes its first occurrence's. The others go through the state, learned if `remember`.
         """
         state = self._state
         assert state is not None
-        n = len(events)
-        keys = list(ids)
-        width = len(state.feature_names)
-        features = np.empty((n, width))
+        n = len(ids)
+        features = np.empty((n, len(state.feature_names)))
         fresh = np.ones(n, dtype=bool)
-        first_at: dict[str, int] = {}
-        repeat_of = np.full(n, -1, np.int64)
-        for row, key in enumerate(keys):
-            known = self._seen.get(key)
-            if known is not None:
-                features[row] = known[1]
-                fresh[row] = False
-            elif remember:
-                if key in first_at:
-                    repeat_of[row] = first_at[key]
+        accepted = np.zeros(n, dtype=bool)
+        repeats: list[tuple[int, int]] = []
+        seen = self._seen
+        if seen or remember:
+            first_at: dict[str, int] = {}
+            for row, key in enumerate(ids):
+                known = seen.get(key)
+                if known is not None:
+                    features[row] = known[1]
                     fresh[row] = False
-                else:
-                    first_at[key] = row
-        accepted = ~fresh & (repeat_of < 0)  # remembered ones
-        rows = np.flatnonzero(fresh)
+                    accepted[row] = True
+                elif remember:
+                    first = first_at.setdefault(key, row)
+                    if first != row:
+                        repeats.append((row, first))
+                        fresh[row] = False
+        rows = np.flatnonzero(fresh) if not fresh.all() else np.arange(n)
         if rows.size:
-            canonical = self._canonical_keys(events.iloc[rows], "event")
-            columns: dict[str, Any] = {
-                name: canonical[name].to_numpy() for name in self._state_columns()
-            }
-            if self._state_label is not None:
-                columns[self._state_label] = _label_values(
-                    frame, self._state_label, events.index[rows]
-                )
-            step = state.step(columns, learn=remember)
+            part = columns if rows.size == n else {k: v[rows] for k, v in columns.items()}
+            step = state.step(part, learn=remember)
             features[rows] = step.features
             accepted[rows] = step.accepted
             for at, reason in step.refused.items():
-                dead[int(events.index[rows[at]])] = reason
-        for row in np.flatnonzero(repeat_of >= 0).tolist():
-            first = int(repeat_of[row])
+                refused[int(positions[rows[at]])] = reason
+        for row, first in repeats:
             if accepted[first]:
                 features[row] = features[first]
                 accepted[row] = True
             else:
-                dead[int(events.index[row])] = dead[int(events.index[first])]
+                refused[int(positions[row])] = refused[int(positions[first])]
         if remember:
-            times = events[EVENT_SECONDS].to_numpy()
+            times = columns[EVENT_SECONDS]
             for row in rows[accepted[rows]].tolist():
-                self._seen[keys[row]] = (float(times[row]), features[row].copy())
+                seen[ids[row]] = (float(times[row]), features[row].copy())
             self._forget()
         kept = np.flatnonzero(accepted)
         return features[kept], kept
@@ -336,16 +347,13 @@ class LiveScorer:
         """Keep the last `remember_ids` ids, and every id within the allowed lateness."""
         assert self._state is not None
         floor = self._state.watermark - self._lateness
-        while len(self._seen) > self.remember_ids:
-            oldest = next(iter(self._seen))
-            if self._seen[oldest][0] >= floor:
+        seen = self._seen
+        while len(seen) > self.remember_ids:
+            oldest, (time, features) = seen.popitem(last=False)
+            if time >= floor:
+                seen[oldest] = (time, features)
+                seen.move_to_end(oldest, last=False)
                 break
-            del self._seen[oldest]
-
-    def _state_columns(self) -> list[str]:
-        assert self._state is not None
-        plan = self._state.feature_plan
-        return list(dict.fromkeys([EVENT_SECONDS, *plan.columns, *plan.values]))
 
     def _canonical_keys(self, events: pd.DataFrame, source: str) -> pd.DataFrame:
         """Entity keys as text (7, 7.0 and "7" alike), so events from text streams, files
@@ -363,72 +371,36 @@ class LiveScorer:
                 keys[name] = text
         return events.assign(**keys)
 
-    def _scores(
-        self, prepared: dict[str, Any], index: pd.Index, ids: pd.Series, explain: Explain
-    ) -> pd.DataFrame:
-        positions = pd.Index(np.asarray(index, dtype=np.int64), name=None)
+    def _result(
+        self,
+        raw: RawBatch,
+        refused: dict[int, str],
+        prepared: Mapping[str, np.ndarray],
+        positions: np.ndarray,
+        ids: list[str],
+        explain: Explain,
+        contributions: Contributions,
+    ) -> ScoredBatch:
+        letters = [
+            DeadLetter(raw.event(position), reason, position)
+            for position, reason in sorted(refused.items())
+        ]
+        positions = positions.astype(np.int64)
         if len(positions) == 0:
-            return pd.DataFrame({name: [] for name in SCORE_COLUMNS}, index=positions)
-        scored = score_prepared(self.detector, prepared, explain, threads=1)
+            empty = {name: np.zeros(0, dtype=object) for name in SCORE_COLUMNS}
+            return ScoredBatch(empty, positions, letters)
+        scored = score_prepared(self.detector, prepared, explain, 1, contributions)
         threshold = np.nan if scored.threshold is None else scored.threshold
-        return pd.DataFrame(
-            {
-                EVENT_ID: ids.to_numpy(),
-                "score": scored.score,
-                "alert": scored.alert,
-                "threshold": np.full(len(positions), threshold),
-                "reasons": scored.reasons,
-                "rule_score": scored.rule_score,
-                "reconstruction_error": scored.reconstruction_error,
-                "histogram_score": scored.histogram_score,
-                "rules_hit": scored.rules_hit,
-                "clipped": scored.clipped,
-            },
-            index=positions,
-        )
-
-
-def _as_frame(batch: Batch) -> pd.DataFrame:
-    """The batch as a frame indexed by position."""
-    if isinstance(batch, pd.DataFrame):
-        return batch.reset_index(drop=True)
-    if isinstance(batch, Mapping):
-        try:
-            return pd.DataFrame(dict(batch))
-        except ValueError as exc:
-            message = f"score_many: the columns of a batch must be equally long ({exc})"
-            raise InputError(message) from None
-    import pyarrow
-
-    if isinstance(batch, pyarrow.RecordBatch | pyarrow.Table):
-        return batch.to_pandas()
-    raise InputError(
-        f"score_many: a batch is a DataFrame, a mapping of columns or a pyarrow RecordBatch, "
-        f"not {type(batch).__name__}"
-    )
-
-
-def _validate_parts(frame: pd.DataFrame, config: Any, dead: dict[int, str]) -> list[pd.DataFrame]:
-    """`validate_events` on the frame; where it fails, on halves, down to single events."""
-    try:
-        events, _ = validate_events(frame, config, "event")
-        return [events]
-    except InputError as exc:
-        if len(frame) == 1:
-            dead[int(frame.index[0])] = str(exc)
-            return []
-    middle = len(frame) // 2
-    return _validate_parts(frame.iloc[:middle], config, dead) + _validate_parts(
-        frame.iloc[middle:], config, dead
-    )
-
-
-def _label_values(frame: pd.DataFrame, label: str, index: pd.Index) -> np.ndarray:
-    """The events' labels as given (text, numbers or missing), None where there is none."""
-    if label not in frame.columns:
-        return np.full(len(index), None, dtype=object)
-    return frame[label].to_numpy(dtype=object)[np.asarray(index, dtype=np.int64)]
-
-
-def _row(frame: pd.DataFrame, position: int) -> dict[str, Any]:
-    return frame.iloc[position].to_dict()
+        columns = {
+            EVENT_ID: np.array(ids, dtype=object),
+            "score": scored.score,
+            "alert": scored.alert,
+            "threshold": np.full(len(positions), threshold),
+            "reasons": np.array(scored.reasons, dtype=object),
+            "rule_score": scored.rule_score,
+            "reconstruction_error": scored.reconstruction_error,
+            "histogram_score": scored.histogram_score,
+            "rules_hit": np.array(scored.rules_hit, dtype=object),
+            "clipped": np.array(scored.clipped, dtype=object),
+        }
+        return ScoredBatch(columns, positions, letters)

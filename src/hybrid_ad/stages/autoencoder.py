@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch import nn
 
 from hybrid_ad.config import AutoencoderConfig
 from hybrid_ad.errors import ArtifactError
+from hybrid_ad.stages.base import Stage, read_json_file
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 SCORE_BATCH = 65_536
@@ -58,7 +59,7 @@ EpochCallback = Callable[[int, float, float], None]
 """Called after each epoch with (epoch, training loss, validation loss)."""
 
 
-class Autoencoder:
+class Autoencoder(Stage):
     """scikit-learn style wrapper: `fit`, then `reconstruction_error` and `embed`."""
 
     def __init__(self, config: AutoencoderConfig, seed: int = 0) -> None:
@@ -103,6 +104,7 @@ class Autoencoder:
                 optimiser.step()
                 total += float(loss.detach()) * len(batch)
             train_loss = total / len(train_tensor)
+            network.eval()
             validation_loss = float(self._run(network, validation_tensor)[0].mean())
             self.history_.append(
                 {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
@@ -129,10 +131,11 @@ class Autoencoder:
             return difference.abs().mean(dim=1)
         return (difference**2).mean(dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, network: _Network, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-event errors and latent codes, in batches to bound memory."""
-        network.eval()
+        """Per-event errors and latent codes, in batches to bound memory. The network is in
+        eval mode (set after training and on load): switching it per call cost more than a
+        one-row forward pass."""
         errors, latents = [], []
         for start in range(0, len(inputs), SCORE_BATCH):
             batch = inputs[start : start + SCORE_BATCH]
@@ -149,12 +152,11 @@ class Autoencoder:
         errors, latents = self._run(self._fitted(), tensor)
         return errors.double().numpy(), latents.numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def input_errors(self, inputs: np.ndarray) -> np.ndarray:
         """Squared reconstruction error of every input of every event, (n, d): which inputs
         the network could not reproduce, for the reasons of an alert."""
         network = self._fitted()
-        network.eval()
         tensor = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
         parts = []
         for start in range(0, len(tensor), SCORE_BATCH):
@@ -169,9 +171,27 @@ class Autoencoder:
         return self.transform(inputs)[1]
 
     def _fitted(self) -> _Network:
-        if self.network_ is None:
-            raise RuntimeError("Autoencoder used before fit")
+        self.check_fitted()
+        assert self.network_ is not None
         return self.network_
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.network_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        weights, meta = self.to_bytes()
+        return {"autoencoder.safetensors": weights, "autoencoder.json": meta}
+
+    def from_files(self, files: Mapping[str, bytes]) -> Autoencoder:
+        if "autoencoder.safetensors" not in files:
+            raise ArtifactError("saved stage lacks autoencoder.safetensors")
+        metadata = read_json_file(files, "autoencoder.json")
+        if not isinstance(metadata, dict):
+            raise ArtifactError("autoencoder.json: expected a JSON object")
+        loaded = self.from_bytes(self.config, files["autoencoder.safetensors"], metadata)
+        vars(self).update(vars(loaded))
+        return self
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ live scoring both go through `transform`, so the feature logic exists once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,10 @@ import pandas as pd
 
 from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, feature_names
 from hybrid_ad.config import Config, FeaturesConfig
-from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, numeric_column, validate_events
+from hybrid_ad.data import EVENT_SECONDS, ColumnBlocks, Columns, numeric_column, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
-from hybrid_ad.stages.rules import calendar_flags, hour_of_day
+from hybrid_ad.stages.base import Stage, json_file, read_json_file
+from hybrid_ad.stages.rules import calendar_flags, hour_of_day, joined_names
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,10 @@ class FeatureMatrix:
 
     def clipped_names(self) -> list[str]:
         """For each event, the input columns clipped to the training range, ';'-joined."""
-        names = np.array(self.clipped_columns, dtype=object)
-        return [";".join(names[row]) for row in self.clipped]
+        return joined_names(self.clipped, self.clipped_columns)
 
 
-class FeatureBuilder:
+class FeatureBuilder(Stage):
     """Standardises the configured columns with training statistics.
 
     log1p (keeping the sign) goes first where asked, and always for behavioural features:
@@ -192,10 +193,10 @@ class FeatureBuilder:
             raise InputError(f"missing feature column '{missing[0]}'")
         if isinstance(frame, pd.DataFrame):
             raw = frame[columns].to_numpy(np.float64, copy=True)
+        elif isinstance(frame, ColumnBlocks):
+            raw = frame.matrix(columns)
         else:
-            raw = np.empty((n_rows(frame), len(columns)))
-            for index, name in enumerate(columns):
-                raw[:, index] = frame[name]
+            raw = np.column_stack([np.asarray(frame[name], dtype=np.float64) for name in columns])
         logged = [columns.index(name) for name in self.config.log_scale]
         logged += range(len(self.columns_ or ()), len(columns))
         for index in logged:
@@ -205,8 +206,8 @@ class FeatureBuilder:
     def transform(self, frame: Columns) -> FeatureMatrix:
         """Scaled inputs plus the engineered summaries, for any number of events: `frame` is a
         frame or a mapping of column name to equally long arrays."""
-        if self.columns_ is None or self.mean_ is None or self.std_ is None:
-            raise RuntimeError("FeatureBuilder.transform called before fit")
+        self.check_fitted()
+        assert self.columns_ is not None and self.mean_ is not None and self.std_ is not None
         assert self.low_ is not None and self.high_ is not None
         raw = self._raw(frame)
         margin = np.maximum(self.high_ - self.low_, self.std_)
@@ -247,14 +248,26 @@ class FeatureBuilder:
         )
 
     @property
+    def is_fitted(self) -> bool:
+        return self.columns_ is not None and self.mean_ is not None and self.std_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"features.json": json_file(self.to_dict())}
+
+    def from_files(self, files: Mapping[str, bytes]) -> FeatureBuilder:
+        loaded = self.from_dict(self.config, read_json_file(files, "features.json"))
+        vars(self).update(vars(loaded))
+        return self
+
+    @property
     def n_scaled(self) -> int:
         """Width of `transform(...).scaled`: the autoencoder's input."""
         hour = 2 if self.config.hour_of_day else 0
         return len(self.columns_ or ()) + len(self.behavioural_) + hour
 
     def to_dict(self) -> dict[str, Any]:
-        if self.columns_ is None or self.mean_ is None or self.std_ is None:
-            raise RuntimeError("FeatureBuilder.to_dict called before fit")
+        self.check_fitted()
+        assert self.mean_ is not None and self.std_ is not None
         return {
             "columns": self.columns_,
             "behavioural": self.behavioural_,

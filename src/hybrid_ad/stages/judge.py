@@ -7,13 +7,14 @@ embedding, rule hits) and learns how much to trust each. Saved in XGBoost's own 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import xgboost as xgb
 
 from hybrid_ad.config import JudgeConfig
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.stages.base import Stage
 
 RoundCallback = Callable[[int], None]
 """Called after each boosting round with the round number."""
@@ -29,7 +30,7 @@ class _RoundProgress(xgb.callback.TrainingCallback):
         return False
 
 
-class Judge:
+class Judge(Stage):
     """Binary classifier with early stopping on validation and imbalance weighting."""
 
     def __init__(self, config: JudgeConfig, seed: int = 0) -> None:
@@ -145,12 +146,21 @@ class Judge:
         odds = self.odds_correction_ * proba
         return odds / (odds + 1.0 - proba)
 
-    def contributions(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Per-input contributions to the log-odds (TreeSHAP), (n, d + 1), the bias last: each
-        row sums to the margin the probability is the sigmoid of."""
+    def contributions(
+        self, inputs: np.ndarray, threads: int | None = None, approximate: bool = False
+    ) -> np.ndarray:
+        """Per-input contributions to the log-odds, (n, d + 1), the bias last: each row sums
+        to the margin the probability is the sigmoid of. Exact TreeSHAP by default;
+        `approximate`: XGBoost's path attribution (Saabas), about 25x faster per event on the
+        streaming model, which ranks the inputs much as TreeSHAP does but is not identical."""
         booster = self._booster(threads)
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        contributions = booster.predict(matrix, iteration_range=self._rounds(), pred_contribs=True)
+        contributions = booster.predict(
+            matrix,
+            iteration_range=self._rounds(),
+            pred_contribs=True,
+            approx_contribs=approximate,
+        )
         contributions[:, -1] += math.log(self.odds_correction_)  # the sampling's share: bias
         return contributions
 
@@ -191,9 +201,23 @@ class Judge:
         )
 
     def _fitted(self) -> xgb.Booster:
-        if self.booster_ is None:
-            raise RuntimeError("Judge used before fit")
+        self.check_fitted()
+        assert self.booster_ is not None
         return self.booster_
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.booster_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"judge.json": self.to_bytes()}
+
+    def from_files(self, files: Mapping[str, bytes]) -> Judge:
+        if "judge.json" not in files:
+            raise ArtifactError("saved stage lacks judge.json")
+        loaded = self.from_bytes(self.config, files["judge.json"], self.seed)
+        vars(self).update(vars(loaded))
+        return self
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ file can never make the evaluator run anything else. Thresholds that refer to th
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from hybrid_ad.config import (
 )
 from hybrid_ad.data import EVENT_SECONDS, Columns, n_rows, numeric_column, resolve_columns
 from hybrid_ad.errors import ArtifactError, InputError
+from hybrid_ad.stages.base import Stage, json_file, read_json_file
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -62,6 +64,17 @@ def calendar_flags(seconds: np.ndarray, flags: list[str], night: HourOfDay) -> n
     return np.column_stack([columns[flag]() for flag in flags]).astype(np.float64)
 
 
+def joined_names(flags: np.ndarray, names: list[str]) -> list[str]:
+    """Per row of a (rows, names) bool matrix, the names flagged, ';'-joined ('' for none).
+    Only rows with a flag are joined: most events hit no rule and clip nothing."""
+    joined = [""] * len(flags)
+    if flags.size:
+        labels = np.array(names, dtype=object)
+        for row in np.flatnonzero(flags.any(axis=1)).tolist():
+            joined[row] = ";".join(labels[flags[row]])
+    return joined
+
+
 @dataclass(frozen=True)
 class RuleResult:
     """Per-event rule output: which rules hit, the weighted score and the pseudo-label."""
@@ -74,11 +87,10 @@ class RuleResult:
 
     def hit_names(self) -> list[str]:
         """For each event, the names of the rules that hit, joined by ';' ('' for none)."""
-        names = np.array(self.names, dtype=object)
-        return [";".join(names[row]) for row in self.hits]
+        return joined_names(self.hits, self.names)
 
 
-class RuleSet:
+class RuleSet(Stage):
     """Domain rules from config, fitted on training data to learn data-relative thresholds."""
 
     def __init__(self, config: RulesConfig) -> None:
@@ -121,8 +133,7 @@ class RuleSet:
     def evaluate(self, frame: Columns) -> RuleResult:
         """Evaluate every rule on every event (vectorised): `frame` is a frame or a mapping of
         column name to equally long arrays (with `EVENT_SECONDS`)."""
-        if self.statistics_ is None:
-            raise RuntimeError("RuleSet.evaluate called before fit")
+        self.check_fitted()
         rules = self.config.rules
         hits = np.zeros((n_rows(frame), len(rules)), dtype=bool)
         for index, rule in enumerate(rules):
@@ -191,9 +202,22 @@ class RuleSet:
     # -- persistence --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        if self.statistics_ is None:
-            raise RuntimeError("RuleSet.to_dict called before fit")
+        self.check_fitted()
         return {"statistics": self.statistics_}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.statistics_ is not None
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"rules.json": json_file(self.to_dict())}
+
+    def from_files(self, files: Mapping[str, bytes]) -> RuleSet:
+        payload = read_json_file(files, "rules.json")
+        if not isinstance(payload, dict):
+            raise ArtifactError("rules.json: expected a JSON object")
+        self.statistics_ = self.from_dict(self.config, payload).statistics_
+        return self
 
     @classmethod
     def from_dict(cls, config: RulesConfig, payload: dict[str, Any]) -> RuleSet:
