@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench streaming transactions clean
+.PHONY: run test lint bench streaming transactions stream-demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ streaming: $(STAMP)
 transactions: $(STAMP)
 	$(BIN)/hybrid-ad simulate --kind transactions --out data/simulated/transactions.parquet --customers 2000 --terminals 4000 --days 90 --seed 7
 	$(BIN)/hybrid-ad run --config config/transactions.yaml
+
+## Real time: a private redis-server, publish a small simulated log, score it with `hybrid-ad stream`.
+stream-demo: $(STAMP)
+	$(BIN)/python -m hybrid_ad.stream.demo --out artifacts/stream-demo
 
 ## Lint, format check and the test suite.
 test: $(STAMP) lint

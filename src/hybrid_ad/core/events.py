@@ -70,7 +70,8 @@ class RawBatch:
                 return values if isinstance(values.dtype, pd.DatetimeTZDtype) else values.to_numpy()
             if isinstance(values, np.ndarray):
                 return values
-            return np.array(values, dtype=object)
+            array = np.array(values)  # numbers become a numeric array, as in a frame
+            return array if array.dtype.kind in "fiubO" else np.array(values, dtype=object)
         column = self._arrow.column(name)
         import pyarrow
 
@@ -95,7 +96,12 @@ def numbers(values: Any, name: str, refused: dict[int, str]) -> np.ndarray:
     """A column as float64, as `numeric_column` reads it; a non-numeric, missing or infinite
     value refuses its event (into `refused`: position -> reason; the first reason stays)."""
     array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
-    if array.dtype.kind in "fiub":
+    numeric = array.dtype.kind in "fiub" or (
+        array.dtype.kind == "O"
+        and pd.api.types.infer_dtype(array, skipna=False)
+        in ("floating", "integer", "mixed-integer-float")
+    )
+    if numeric:
         parsed = array.astype(np.float64)
         non_numeric = np.zeros(len(parsed), dtype=bool)
     else:
