@@ -3,6 +3,7 @@ ranks alone, and every scored event carries its reasons."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import EVENT_SECONDS, time_split, validate_events
 from hybrid_ad.errors import ConfigError
 from hybrid_ad.evaluation import budget_alerts, choose_threshold, daily_precision
-from hybrid_ad.stages.label_free import HistogramDetector, TailScale, soft_targets
+from hybrid_ad.stages.label_free import (
+    HistogramDetector,
+    TailScale,
+    average_ranks,
+    decorrelated_weights,
+    prior,
+    soft_targets,
+)
 from tests.conftest import make_events, small_config_dict
 
 runner = CliRunner()
@@ -170,6 +178,33 @@ def test_soft_targets_average_over_log_uniform_contamination_rates() -> None:
     np.testing.assert_allclose(targets, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
 
 
+def test_average_ranks_share_ties() -> None:
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 0.0, 3.0])),
+                                  [4.0, 2.0, 4.0, 1.0, 4.0])  # fmt: skip
+
+
+def test_decorrelated_weights_give_a_copied_signal_no_extra_vote() -> None:
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 5000))
+    independent = decorrelated_weights({"a": a, "b": b, "c": c})
+    np.testing.assert_allclose(list(independent.values()), [1 / 3] * 3, atol=0.02)
+    # a near-copy of a: the pair shares the weight a alone had, c keeps half the prior
+    copied = decorrelated_weights({"a": a, "a2": a + 1e-3 * b, "c": c})
+    assert copied["a"] + copied["a2"] == pytest.approx(0.5, abs=0.02)
+    assert copied["c"] == pytest.approx(0.5, abs=0.02)
+    # rank-based: a monotone transform of a signal changes nothing
+    assert decorrelated_weights({"a": np.exp(a), "b": b, "c": c}) == pytest.approx(independent)
+    # a constant signal ranks nothing and weighs 0; one signal weighs everything
+    assert decorrelated_weights({"a": a, "k": np.zeros(5000)}) == {"a": 1.0, "k": 0.0}
+    assert decorrelated_weights({"a": a}) == {"a": 1.0}
+
+
+def test_weighted_prior_is_the_weighted_mean() -> None:
+    surprises = {"x": np.array([0.0, 3.0]), "y": np.array([6.0, 0.0])}
+    np.testing.assert_allclose(prior(surprises, {"x": 2.0, "y": 1.0}), [2.0, 2.0])
+    np.testing.assert_allclose(prior(surprises), [3.0, 1.5])
+
+
 @pytest.fixture(scope="module")
 def fitted():
     config = config_from_dict(small_config_dict())
@@ -216,3 +251,26 @@ def test_score_command_writes_reasons(fitted, tmp_path) -> None:
     out = pd.read_csv(tmp_path / "out.csv")
     assert len(out) == len(split.test)
     assert all(json.loads(text)["judge"] for text in out["reasons"])
+
+
+def test_prior_weights_come_from_validation_and_are_saved(fitted, tmp_path) -> None:
+    detector, split = fitted
+    weights = detector.prior_weights_
+    assert weights is not None and set(weights) == {"rules", "autoencoder", "histogram"}
+    assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
+    outputs = detector.stage_outputs(split.validation)
+    surprises = {name: detector._surprise(outputs, name) for name in weights}
+    assert decorrelated_weights(surprises) == weights
+    detector.save(tmp_path / "model")
+    assert Detector.load(tmp_path / "model").prior_weights_ == weights
+    ablation = detector.without_autoencoder_inputs(split.train, split.validation)
+    assert set(ablation.prior_weights_ or {}) == {"rules", "histogram"}
+    assert detector.prior_weights_ == weights  # the ablation leaves the detector as it was
+
+
+def test_equal_weighting_is_the_plain_mean(fitted) -> None:
+    detector, split = fitted
+    equal = copy.copy(detector)
+    equal.config = config_from_dict(small_config_dict(judge={"pseudo": {"weighting": "equal"}}))
+    weights = equal._prior_weights(equal.stage_outputs(split.validation))
+    assert weights == {name: pytest.approx(1 / 3) for name in ("rules", "autoencoder", "histogram")}

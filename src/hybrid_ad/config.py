@@ -225,8 +225,9 @@ class AutoencoderConfig(StrictModel):
 class PseudoLabelConfig(StrictModel):
     """How the judge learns without labels (hybrid_ad.stages.label_free); one default for all data.
 
-    Each signal's score becomes a surprise against the training events; their mean is the
-    prior, and the judge's target is the share of contamination rates in
+    Each signal's score becomes a surprise against the training events; their weighted mean
+    is the prior (weights from the signals' rank correlations on validation, `weighting`),
+    and the judge's target is the share of contamination rates in
     `contamination_range` (log-uniform) at which an event is in the prior's top.
     """
 
@@ -234,6 +235,12 @@ class PseudoLabelConfig(StrictModel):
         default_factory=lambda: ["rules", "autoencoder", "histogram"],
         min_length=1,
         description="label-free signals combined into the prior",
+    )
+    weighting: Literal["decorrelated", "equal"] = Field(
+        "decorrelated",
+        description="decorrelated: weights C^-1 1 from the signals' rank correlations C on "
+        "validation, so signals that rank events alike share one vote (label-free); equal: "
+        "the plain mean",
     )
     contamination_range: tuple[float, float] = Field(
         (0.001, 0.1),

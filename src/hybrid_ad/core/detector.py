@@ -32,7 +32,13 @@ from hybrid_ad.progress import QUIET, ProgressReporter
 from hybrid_ad.stages.autoencoder import Autoencoder
 from hybrid_ad.stages.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.stages.judge import Judge
-from hybrid_ad.stages.label_free import HistogramDetector, TailScale, prior, soft_targets
+from hybrid_ad.stages.label_free import (
+    HistogramDetector,
+    TailScale,
+    decorrelated_weights,
+    prior,
+    soft_targets,
+)
 from hybrid_ad.stages.rules import RuleResult, RuleSet
 
 if TYPE_CHECKING:
@@ -82,6 +88,7 @@ class Detector:
         self.tail_scales_: dict[str, TailScale] | None = None
         self.judge_: Judge | None = None
         self.judge_uses_autoencoder_ = True
+        self.prior_weights_: dict[str, float] | None = None
         self.threshold_: float | None = None
         self.drift_reference_: DriftReference | None = None
         self.data_sha256_: str | None = None
@@ -160,6 +167,7 @@ class Detector:
         held_out = self._events(validation, "validation data", require_label=truth, history=frame)
         self.judge_uses_autoencoder_ = use_autoencoder
         train_outputs, held_out_outputs = self._outputs(train), self._outputs(held_out)
+        self.prior_weights_ = self._prior_weights(held_out_outputs)
         inputs, names = self._judge_matrix(train_outputs)
         held_out_inputs, _ = self._judge_matrix(held_out_outputs)
         judge = Judge(self.config.judge, seed=self.config.seed)
@@ -248,8 +256,20 @@ class Detector:
             signals = [name for name in signals if name != "autoencoder"]
         return signals
 
+    def _prior_weights(self, held_out: StageOutputs) -> dict[str, float]:
+        """Each prior signal's weight (`judge.pseudo.weighting`), from validation events
+        without their labels: decorrelated by the signals' rank correlations, or equal."""
+        surprises = {name: self._surprise(held_out, name) for name in self.prior_signals()}
+        if self.config.judge.pseudo.weighting == "equal":
+            return {name: 1.0 / len(surprises) for name in surprises}
+        return decorrelated_weights(surprises)
+
     def _prior(self, outputs: StageOutputs) -> np.ndarray:
-        return prior({name: self._surprise(outputs, name) for name in self.prior_signals()})
+        signals = self.prior_signals()
+        weights = self.prior_weights_
+        if weights is None or set(weights) != set(signals):
+            raise RuntimeError("Detector has no prior weights for its signals: call fit_judge")
+        return prior({name: self._surprise(outputs, name) for name in signals}, weights)
 
     def _surprise(self, outputs: StageOutputs, name: str) -> np.ndarray:
         assert self.tail_scales_ is not None
@@ -412,6 +432,7 @@ class Detector:
             "autoencoder_best_validation_loss": min(h["validation_loss"] for h in history),
             "judge_best_round": self._fitted_judge().best_round,
             "judge_scale_pos_weight": self._fitted_judge().scale_pos_weight_,
+            "prior_weights": self.prior_weights_,
         }
 
     # -- helpers ------------------------------------------------------------------------------
@@ -492,6 +513,7 @@ class Detector:
         state = {
             "feature_columns": self.feature_columns_,
             "judge_uses_autoencoder": self.judge_uses_autoencoder_,
+            "prior_weights": self.prior_weights_,
             "threshold": self.threshold_,
             "autoencoder_inputs": self.autoencoder_inputs_,
         }
@@ -537,6 +559,7 @@ class Detector:
             detector = cls(config, progress)
             detector.feature_columns_ = [str(name) for name in state["feature_columns"]]
             detector.judge_uses_autoencoder_ = bool(state["judge_uses_autoencoder"])
+            detector.prior_weights_ = _saved_prior_weights(state.get("prior_weights"))
             threshold = state["threshold"]
             detector.threshold_ = None if threshold is None else _finite(threshold)
             detector.autoencoder_inputs_ = [int(i) for i in state["autoencoder_inputs"]]
@@ -618,6 +641,16 @@ def _json(files: dict[str, bytes], name: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ArtifactError(f"{name}: expected a JSON object, got {type(payload).__name__}")
     return payload
+
+
+def _saved_prior_weights(value: Any) -> dict[str, float] | None:
+    """The saved prior weights: None (a model saved before fit_judge), or one finite weight
+    per known signal."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value or not set(value) <= set(SIGNALS):
+        raise ValueError(f"prior_weights {value!r} does not weigh the signals {list(SIGNALS)}")
+    return {str(name): _finite(weight) for name, weight in value.items()}
 
 
 def _finite(value: Any) -> float:

@@ -3,8 +3,10 @@
 The rules, the autoencoder and a histogram detector (PyOD's HBOS) each say how unusual an
 event is, on scales that cannot be compared. Each score becomes a *surprise*: minus the log of
 the share of training events scoring at least as high, so 1 in 1,000 is 6.9 whatever the
-detector. The prior is their mean: an event that several independent views find rare ranks
-above one that a single view finds rare.
+detector. The prior is their weighted mean: an event that several independent views find rare
+ranks above one that a single view finds rare. Views that move together are not independent
+evidence, so the weights come from the signals' rank correlations on validation events
+(`decorrelated_weights`): two signals that say the same thing share one vote.
 
 The judge is then trained on soft targets from that prior. How many events are anomalous is
 unknown without labels, so instead of guessing one contamination rate the target is the share
@@ -27,6 +29,12 @@ from hybrid_ad.stages.base import Stage, json_file, read_json_file
 CHUNK_ROWS = 4096
 TAIL_POINTS = 512
 """Points kept of each training score distribution: log-spaced ranks, dense in the upper tail."""
+
+
+COLLINEAR = 0.01
+"""Directions of the signals' correlation matrix with an eigenvalue below this share of the
+largest are left out of its inverse: two near-copies of a signal then split its weight,
+instead of the inverse amplifying the noise in their difference."""
 
 
 class TailScale(Stage):
@@ -185,9 +193,52 @@ class HistogramDetector(Stage):
         return detector
 
 
-def prior(surprises: dict[str, np.ndarray]) -> np.ndarray:
-    """The rank-combined prior: the mean surprise over the signals."""
-    return np.mean(np.column_stack(list(surprises.values())), axis=1)
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their mean rank (a rule score has many ties)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
+def rank_correlations(surprises: dict[str, np.ndarray]) -> np.ndarray:
+    """Spearman correlations between the signals (ties get their mean rank); a constant
+    signal, which ranks nothing, is uncorrelated with every other."""
+    ranks = np.column_stack([average_ranks(values) for values in surprises.values()])
+    spread = ranks.std(axis=0)
+    centred = (ranks - ranks.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    correlations = centred.T @ centred / len(ranks)
+    np.fill_diagonal(correlations, 1.0)
+    return correlations
+
+
+def decorrelated_weights(surprises: dict[str, np.ndarray]) -> dict[str, float]:
+    """Weights of the signals in the prior: C^-1 1 for their rank correlations C, negative
+    weights set to 0, normalised to sum to 1.
+
+    The minimum-variance combination of noisy views of one quantity: independent signals
+    weigh alike, and a group of signals that rank events the same way shares the weight one
+    of them would get, so adding a near-copy of a view does not double its say (near-copies:
+    see `COLLINEAR`). A constant
+    signal ranks nothing and weighs 0. Needs no labels; computed on validation events.
+    """
+    ranking = {name: values for name, values in surprises.items() if np.ptp(values) > 0}
+    if not ranking:  # nothing ranks the events: any weights give the same prior
+        return {name: 1.0 / len(surprises) for name in surprises}
+    correlations = rank_correlations(ranking)
+    raw = np.linalg.pinv(correlations, rcond=COLLINEAR, hermitian=True) @ np.ones(len(ranking))
+    clipped = np.clip(raw, 0.0, None)  # sums to 1'C^-1 1 > 0, so some weight is positive
+    weights = dict(zip(ranking, clipped / clipped.sum(), strict=True))
+    return {name: float(weights.get(name, 0.0)) for name in surprises}
+
+
+def prior(surprises: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+    """The rank-combined prior: the weighted mean surprise over the signals (equal weights
+    without `weights`)."""
+    matrix = np.column_stack(list(surprises.values()))
+    if weights is None:
+        return np.mean(matrix, axis=1)
+    vector = np.array([weights[name] for name in surprises], dtype=np.float64)
+    return matrix @ (vector / vector.sum())
 
 
 def soft_targets(
