@@ -28,6 +28,7 @@ from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.lifecycle import cli as lifecycle_cli
 from hybrid_ad.progress import ProgressReporter
+from hybrid_ad.service import cli as service_cli
 from hybrid_ad.spark import cli as spark_cli
 from hybrid_ad.stream import cli as stream_cli
 
@@ -378,6 +379,7 @@ app.add_typer(labels_cli.build_app(_user_errors), name="labels")
 app.command("retrain")(_user_errors(lifecycle_cli.retrain_command))
 app.add_typer(lifecycle_cli.build_models_app(_user_errors), name="models")
 app.command("features")(_user_errors(spark_cli.features_command))
+service_cli.register(app, _user_errors)
 stream_cli.build_commands(app, _user_errors)
 
 

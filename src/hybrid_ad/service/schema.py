@@ -1,0 +1,113 @@
+"""The request schema of `POST /v1/score`, generated from a model's data config.
+
+Each model input, the timestamp, the entity keys and the event id column become named, typed
+fields, so `/docs` shows the real field names and a bad event is refused (422) with the field
+and the reason before anything is scored. Validation runs in pydantic-core on the raw body.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, NotRequired, Required
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from hybrid_ad.core.detector import Detector
+
+MAX_EVENTS = 1000
+"""Events in one request at most; more is refused (422) before validation of the events."""
+MAX_ERRORS = 20
+"""Validation problems listed in one 422 answer (the first one is also the `error` line)."""
+
+
+class RequestError(Exception):
+    """A request the schema refuses: `error` is one line, `detail` FastAPI-style problems."""
+
+    def __init__(self, error: str, detail: list[dict[str, Any]]) -> None:
+        super().__init__(error)
+        self.error = error
+        self.detail = detail
+
+
+class EventSchema:
+    """The fields a model needs per event, and a validator for one event or a list of them."""
+
+    def __init__(self, detector: Detector) -> None:
+        data = detector.config.data
+        assert detector.feature_columns_ is not None
+        fields: dict[str, Any] = {}
+        if data.event_id is not None:
+            fields[data.event_id] = Required[
+                Annotated[str | int, Field(description="the event's unique id")]
+            ]
+        if data.timestamp_unit == "datetime":
+            time_type: Any = Annotated[
+                datetime, Field(description="event time, ISO 8601 (naive times are UTC)")
+            ]
+        else:
+            unit = "seconds" if data.timestamp_unit == "s" else "milliseconds"
+            time_type = Annotated[
+                float, Field(allow_inf_nan=False, description=f"event time in {unit}")
+            ]
+        fields[data.timestamp] = Required[time_type]
+        for key in data.entity_keys:
+            fields[key] = Required[Annotated[str | int, Field(description="entity key")]]
+        behavioural = detector.config.features.behavioural
+        values = behavioural.values if behavioural is not None else []
+        for name in [*detector.feature_columns_, *values]:
+            fields.setdefault(
+                name,
+                Required[Annotated[float, Field(allow_inf_nan=False, description="model input")]],
+            )
+        if behavioural is not None and behavioural.label_risk is not None and data.label:
+            fields[data.label] = NotRequired[
+                Annotated[
+                    int | None,
+                    Field(ge=0, le=1, description="label when known (label-risk features)"),
+                ]
+            ]
+        event = TypedDict("Event", fields)  # type: ignore[misc]
+        event.__pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[attr-defined]
+        self.columns = list(fields)
+        """The columns handed to the scorer, in schema order."""
+        self._one = TypeAdapter(event)
+        self._many = TypeAdapter(Annotated[list[event], Field(max_length=MAX_EVENTS)])  # type: ignore[valid-type]
+
+    def json_schema(self) -> dict[str, Any]:
+        """One event's JSON schema, for the OpenAPI document."""
+        return self._one.json_schema(ref_template="#/components/schemas/{model}")
+
+    def parse(self, body: bytes) -> tuple[list[dict[str, Any]], bool]:
+        """The events of a request body and whether it was one object (not an array)."""
+        stripped = body.lstrip()
+        many = stripped[:1] == b"["
+        try:
+            if many:
+                return self._many.validate_json(body), False
+            return [self._one.validate_json(body)], True
+        except ValidationError as error:
+            raise _request_error(error, many) from None
+
+    def columns_of(self, events: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Validated events as columns, the batch form `LiveScorer.score_many` takes."""
+        return {name: [event.get(name) for event in events] for name in self.columns}
+
+
+def _request_error(error: ValidationError, many: bool) -> RequestError:
+    problems = error.errors(include_url=False, include_context=False, include_input=False)
+    detail = [
+        {"loc": ["body", *problem["loc"]], "msg": problem["msg"], "type": problem["type"]}
+        for problem in problems[:MAX_ERRORS]
+    ]
+    first = problems[0]
+    location = list(first["loc"])
+    where = []
+    if many and location and isinstance(location[0], int):
+        where.append(f"event {location.pop(0)}")
+    if location:
+        where.append(f"field '{'.'.join(str(part) for part in location)}'")
+    more = len(problems) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    line = f"{': '.join(where) or 'body'}: {first['msg']}{suffix}"
+    return RequestError(line, detail)
