@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,stream,service]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,stream,service,spark]'
 	touch $(STAMP)
 
 ## Run the whole pipeline on the shipped demo data with the default config.

@@ -29,6 +29,7 @@ from hybrid_ad.labels import cli as labels_cli
 from hybrid_ad.lifecycle import cli as lifecycle_cli
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.service import cli as service_cli
+from hybrid_ad.spark import cli as spark_cli
 from hybrid_ad.stream import cli as stream_cli
 
 if TYPE_CHECKING:  # the pipeline loads torch and XGBoost: only the commands that use it do
@@ -211,12 +212,19 @@ def score(
     input: Annotated[Path, typer.Option("--input", help="Events to score.")],
     output: Annotated[Path, typer.Option("--output", help="CSV, CSV.gz or Parquet to write.")],
     quiet: QuietOption = False,
+    engine: spark_cli.EngineOption = "local",
+    master: spark_cli.MasterOption = "local[2]",
 ) -> None:
-    """Score events with a saved model: one output row per input row, in input order."""
+    """Score events with a saved model: one output row per input row, in input order
+    (--engine spark: a Parquet folder, see docs/spark.md)."""
     from hybrid_ad.jobs import pipeline
 
+    spark_cli.check_engine(engine)
     progress = ProgressReporter(enabled=not quiet)
-    rows = pipeline.score_file(model, input, output, progress)
+    if engine == "spark":
+        rows = spark_cli.score_spark(model, input, output, master)
+    else:
+        rows = pipeline.score_file(model, input, output, progress)
     progress.log(f"scored {rows:,} events -> {output}")
 
 
@@ -370,6 +378,7 @@ def _print_summary(metrics: dict[str, Any], out_dir: Path, quiet: bool) -> None:
 app.add_typer(labels_cli.build_app(_user_errors), name="labels")
 app.command("retrain")(_user_errors(lifecycle_cli.retrain_command))
 app.add_typer(lifecycle_cli.build_models_app(_user_errors), name="models")
+app.command("features")(_user_errors(spark_cli.features_command))
 service_cli.register(app, _user_errors)
 stream_cli.build_commands(app, _user_errors)
 

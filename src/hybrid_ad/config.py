@@ -291,6 +291,13 @@ class JudgeConfig(StrictModel):
         "logloss", description="validation metric for early stopping"
     )
     scale_pos_weight: Annotated[float, Field(gt=0, le=1e6)] | Literal["auto"] = "auto"
+    negative_sample_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of the training negatives (target < 0.5) the judge fits on, every "
+        "positive kept; its probabilities are corrected for the rate (1 = no sampling)",
+    )
     threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     mixed: MixedLabelConfig = Field(default_factory=MixedLabelConfig)

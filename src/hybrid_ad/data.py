@@ -95,10 +95,35 @@ def n_rows(columns: Columns) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
+def table_parts(directory: Path) -> list[Path]:
+    """The Parquet files of a table directory (as Spark and `hybrid-ad features` write it),
+    in name order, which is row order; names starting with '.' or '_' are not data."""
+    return sorted(
+        part
+        for part in directory.iterdir()
+        if part.is_file()
+        and not part.name.startswith((".", "_"))
+        and part.name.lower().endswith((".parquet", ".pq"))
+    )
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV, gzip-compressed CSV or Parquet; any failure names the file."""
+    """Read CSV, gzip-compressed CSV or Parquet, or a directory of Parquet parts; any failure
+    names the file."""
     path = Path(path)
     name = path.name.lower()
+    if path.is_dir():
+        parts = table_parts(path)
+        if not parts:
+            raise InputError(f"{path}: directory holds no Parquet files")
+        try:
+            frame = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+        except (OSError, pyarrow.ArrowException) as exc:
+            reason = _first_line(exc)
+            raise InputError(f"{path}: cannot read the Parquet parts ({reason})") from None
+        if frame.empty:
+            raise InputError(f"{path}: no data rows")
+        return frame
     if not name.endswith(SUPPORTED_SUFFIXES):
         kinds = ", ".join(SUPPORTED_SUFFIXES)
         raise InputError(f"{path}: unsupported file type; use one of {kinds}")
@@ -318,11 +343,15 @@ def time_split(frame: pd.DataFrame, config: SplitConfig) -> Split:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, streamed; recorded in the model manifest."""
+    """Hex sha256 of a file's bytes, streamed; recorded in the model manifest. For a table
+    directory, of its Parquet parts' bytes in name order (names left out: Spark's carry a
+    random id)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for part in table_parts(path) if path.is_dir() else [path]:
+        with open(part, "rb") as handle:
+            for chunk in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

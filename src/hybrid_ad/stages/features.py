@@ -19,7 +19,7 @@ import pandas as pd
 
 from hybrid_ad.behavioural.batch import BehaviouralConfig, compute_batch, feature_names
 from hybrid_ad.config import Config, FeaturesConfig
-from hybrid_ad.data import EVENT_SECONDS, ColumnBlocks, Columns, validate_events
+from hybrid_ad.data import EVENT_SECONDS, ColumnBlocks, Columns, numeric_column, validate_events
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stages.base import Stage, json_file, read_json_file
 from hybrid_ad.stages.rules import calendar_flags, hour_of_day, joined_names
@@ -81,8 +81,21 @@ def _with_behaviour(
 ) -> pd.DataFrame:
     names = feature_names(config)
     clash = [name for name in names if name in events.columns]
+    if clash and history is None and len(clash) == len(names):
+        # a backfilled feature table (`hybrid-ad features`): the features are taken as given
+        for name in names:
+            events[name] = numeric_column(events, name, source)
+        return events
     if clash:
-        raise InputError(f"{source}: column '{clash[0]}' has the name of a behavioural feature")
+        missing = [name for name in names if name not in events.columns]
+        why = (
+            f"a feature table has all of them, and '{missing[0]}' is missing"
+            if missing
+            else "a feature table is taken as given only without history"
+        )
+        raise InputError(
+            f"{source}: column '{clash[0]}' has the name of a behavioural feature; {why}"
+        )
     label_column = label if config.label_risk is not None else None
     needed = [EVENT_SECONDS, *config.entity_columns, *config.values]
     parts = [events] if history is None else [history, events]

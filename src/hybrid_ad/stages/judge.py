@@ -39,6 +39,8 @@ class Judge(Stage):
         self.booster_: xgb.Booster | None = None
         self.feature_names_: list[str] | None = None
         self.scale_pos_weight_: float | None = None
+        self.odds_correction_ = 1.0
+        """Odds factor undoing negative sampling (1 without): see `fit`."""
         self._threads: int | None = None  # what the booster is set to
         self._rounds_: tuple[int, int] | None = None
 
@@ -54,22 +56,24 @@ class Judge(Stage):
         validation_weight: np.ndarray | None = None,
     ) -> Judge:
         """`sample_weight` (and `validation_weight`) weigh events, e.g. known labels above
-        label-free targets; `auto` imbalance weighting then counts weighted events."""
-        if sample_weight is None:
-            positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
-            total = float(len(labels))
-        else:
-            positives = float(np.dot(sample_weight, labels))
-            total = float(sample_weight.sum())
-        if positives == 0 or positives == total:
-            raise InputError(
-                f"judge: the training labels ({self.config.label_source}) contain only one class; "
-                "check the rules' pseudo_label_threshold or the label column"
-            )
-        if self.config.scale_pos_weight == "auto":
-            self.scale_pos_weight_ = (total - positives) / positives
-        else:
-            self.scale_pos_weight_ = float(self.config.scale_pos_weight)
+        label-free targets; `auto` imbalance weighting then counts weighted events.
+
+        With `negative_sample_rate` r < 1 the trees see every positive (target >= 0.5) and a
+        seeded share r of the rest. Their odds are then spw_s / r times the data's odds where
+        the full data's fit has spw times them (spw_s, spw: the imbalance weights of the
+        sample and of the full data), so predictions multiply the odds by
+        `odds_correction_` = r * spw / spw_s (prior correction; 1 with `auto` weighting up to
+        the sample's noise, r with a fixed weight). Exact in expectation for 0/1 targets.
+        """
+        full_weight = self._imbalance_weight(labels, sample_weight)
+        rate = self.config.negative_sample_rate
+        if rate < 1.0:
+            rng = np.random.default_rng([self.seed, 0x5A3])
+            keep = (labels >= 0.5) | (rng.random(len(labels)) < rate)
+            inputs, labels = inputs[keep], labels[keep]
+            sample_weight = None if sample_weight is None else sample_weight[keep]
+        self.scale_pos_weight_ = self._imbalance_weight(labels, sample_weight)
+        self.odds_correction_ = rate * full_weight / self.scale_pos_weight_
         validation_has_both = 0 < validation_labels.sum() < len(validation_labels)
         params = {
             "objective": "binary:logistic",
@@ -106,8 +110,25 @@ class Judge(Stage):
         self.feature_names_ = list(feature_names)
         return self
 
+    def _imbalance_weight(self, labels: np.ndarray, sample_weight: np.ndarray | None) -> float:
+        if sample_weight is None:
+            positives = float(labels.sum())  # soft targets in [0, 1] count fractionally
+            total = float(len(labels))
+        else:
+            positives = float(np.dot(sample_weight, labels))
+            total = float(sample_weight.sum())
+        if positives == 0 or positives == total:
+            raise InputError(
+                f"judge: the training labels ({self.config.label_source}) contain only one class; "
+                "check the rules' pseudo_label_threshold or the label column"
+            )
+        if self.config.scale_pos_weight == "auto":
+            return (total - positives) / positives
+        return float(self.config.scale_pos_weight)
+
     def predict_proba(self, inputs: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """Probability of the anomaly class, shape (n,), using the best early-stopped round.
+        """Probability of the anomaly class, shape (n,), using the best early-stopped round
+        (corrected for negative sampling).
 
         `inplace_predict` on the array: no DMatrix per call (the same trees, the same float32
         inputs, so the same numbers), which is most of the cost for a few events."""
@@ -119,7 +140,11 @@ class Judge(Stage):
         except (xgb.core.XGBoostError, ValueError) as exc:  # a judge.json that does not fit
             first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
             raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
-        return np.asarray(scores, dtype=np.float64).reshape(-1)
+        proba = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if self.odds_correction_ == 1.0:
+            return proba
+        odds = self.odds_correction_ * proba
+        return odds / (odds + 1.0 - proba)
 
     def contributions(
         self, inputs: np.ndarray, threads: int | None = None, approximate: bool = False
@@ -134,12 +159,14 @@ class Judge(Stage):
         matrix = xgb.DMatrix(
             inputs, feature_names=self.feature_names_, nthread=threads or self.config.threads
         )
-        return booster.predict(
+        contributions = booster.predict(
             matrix,
             iteration_range=self._rounds(),
             pred_contribs=True,
             approx_contribs=approximate,
         )
+        contributions[:, -1] += math.log(self.odds_correction_)  # the sampling's share: bias
+        return contributions
 
     def _booster(self, threads: int | None) -> xgb.Booster:
         """The booster, set to `threads` (default: the configured ones) when that changed."""
@@ -154,7 +181,8 @@ class Judge(Stage):
         """The log-odds before the sigmoid, (n,)."""
         booster = self._fitted()
         matrix = xgb.DMatrix(inputs, feature_names=self.feature_names_)
-        return booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
+        margin = booster.predict(matrix, iteration_range=self._rounds(), output_margin=True)
+        return margin + math.log(self.odds_correction_)
 
     def _rounds(self) -> tuple[int, int]:
         if self._rounds_ is None:
@@ -201,6 +229,7 @@ class Judge(Stage):
         """XGBoost's own JSON model format (no pickle), with the imbalance weight it used."""
         booster = self._fitted()
         booster.set_attr(scale_pos_weight=repr(self.scale_pos_weight_))
+        booster.set_attr(odds_correction=repr(self.odds_correction_))
         return bytes(booster.save_raw(raw_format="json"))
 
     @classmethod
@@ -221,6 +250,13 @@ class Judge(Stage):
         if not 0 < weight < math.inf:
             raise ArtifactError("judge.json: missing or malformed scale_pos_weight attribute")
         judge.scale_pos_weight_ = weight
+        try:  # absent in models saved before negative sampling: no correction
+            correction = float(booster.attr("odds_correction") or "1.0")
+        except ValueError:
+            correction = math.nan
+        if not 0 < correction < math.inf:
+            raise ArtifactError("judge.json: malformed odds_correction attribute")
+        judge.odds_correction_ = correction
         return judge
 
 
