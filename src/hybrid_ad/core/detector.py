@@ -238,6 +238,12 @@ class Detector:
                 "judge.label_source: mixed takes its labels from a label store "
                 "(hybrid-ad retrain --store PATH), and none was given"
             )
+        ids = self.label_ids(events, "training data")
+        return ids.map(self.known_labels).to_numpy(np.float64)
+
+    def label_ids(self, events: pd.DataFrame, source: str) -> pd.Series:
+        """The event ids labels are joined by: the configured id column, else the id derived
+        from the event time, entity keys and the model's feature columns (not the label)."""
         data = self.config.data
         assert self.feature_columns_ is not None
         identity = (
@@ -245,8 +251,7 @@ class Detector:
             if data.event_id is not None
             else [data.timestamp, *data.entity_keys, *self.feature_columns_]
         )
-        ids = event_ids(events[identity], data, "training data")
-        return ids.map(self.known_labels).to_numpy(np.float64)
+        return event_ids(events[identity], data, source)
 
     def prior_signals(self) -> list[str]:
         """The label-free signals the judge's prior combines (the ablation drops the

@@ -26,7 +26,7 @@ import pandas as pd
 
 from hybrid_ad.config import config_from_dict, config_to_dict
 from hybrid_ad.core.detector import Detector
-from hybrid_ad.data import EVENT_ID, EVENT_SECONDS, event_ids
+from hybrid_ad.data import EVENT_ID, EVENT_SECONDS
 from hybrid_ad.jobs.review import STRATEGIES, review_queue
 from hybrid_ad.stages.features import PreparedEvents
 
@@ -81,14 +81,7 @@ class LoopResult:
 
 def identity_ids(detector: Detector, events: PreparedEvents) -> np.ndarray:
     """The event ids the detector joins labels by (`Detector.known_labels_for`), as text."""
-    data = detector.config.data
-    assert detector.feature_columns_ is not None
-    identity = (
-        [data.event_id]
-        if data.event_id is not None
-        else [data.timestamp, *data.entity_keys, *detector.feature_columns_]
-    )
-    return event_ids(events.frame[identity], data, events.source).to_numpy(dtype=str)
+    return detector.label_ids(events.frame, events.source).to_numpy(dtype=str)
 
 
 def retrain_judge(
