@@ -89,3 +89,17 @@ def events_csv(tmp_path: Path, events: pd.DataFrame) -> Path:
     path = tmp_path / "events.csv"
     events.to_csv(path, index=False)
     return path
+
+
+def fails_with(args: list[str], expected: str) -> None:
+    """The command exits 2 with one line on stderr that holds `expected`, and no traceback."""
+    from typer.testing import CliRunner
+
+    from hybrid_ad.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output

@@ -15,7 +15,7 @@ from hybrid_ad.cli import app
 from hybrid_ad.config import DataConfig
 from hybrid_ad.data import event_ids
 
-from .conftest import make_events, small_config_dict
+from .conftest import fails_with, make_events, small_config_dict
 
 runner = CliRunner()
 
@@ -110,45 +110,36 @@ def test_score_keeps_rows_and_order(workspace: Path, ran: dict) -> None:
     )
 
 
-def _fails_with(args: list[str], expected: str) -> None:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert expected in lines[0]
-    assert "Traceback" not in result.output
-
-
 def test_bad_inputs_are_one_line_with_exit_code_2(workspace: Path, ran: dict) -> None:
     config = str(workspace / "config.yaml")
     events = make_events(300)
     events.drop(columns=["Amount"]).to_csv(workspace / "no_amount.csv", index=False)
-    _fails_with(
+    fails_with(
         ["run", "-c", config, "--data", str(workspace / "no_amount.csv")],
         "no column matches 'Amount'",
     )
     data = gzip.compress(events.to_csv(index=False).encode())
     (workspace / "cut.csv.gz").write_bytes(data[: len(data) // 3])
-    _fails_with(
+    fails_with(
         ["run", "-c", config, "--data", str(workspace / "cut.csv.gz")],
         "cut.csv.gz: file is truncated or corrupt",
     )
     raw = yaml.safe_load((workspace / "config.yaml").read_text())
     raw["judge"]["learning_rte"] = 0.1
     (workspace / "typo.yaml").write_text(yaml.safe_dump(raw))
-    _fails_with(["run", "-c", str(workspace / "typo.yaml")], "judge.learning_rte: unknown key")
-    _fails_with(
+    fails_with(["run", "-c", str(workspace / "typo.yaml")], "judge.learning_rte: unknown key")
+    fails_with(
         ["score", "--model", str(workspace), "--input", "x.csv", "--output", "y.csv"],
         "not a saved model",
     )
     # brackets are not Rich markup, and a long line is not wrapped at 80 columns
     missing = workspace / "events[v2] from the nightly export of the payments ledger.csv"
-    _fails_with(["run", "-c", config, "--data", str(missing)], str(missing))
+    fails_with(["run", "-c", config, "--data", str(missing)], str(missing))
 
 
 def test_staged_step_refuses_other_data(workspace: Path, ran: dict) -> None:
     make_events(3000, seed=99).to_csv(workspace / "other.csv", index=False)
-    _fails_with(
+    fails_with(
         [
             "evaluate",
             "-c",
@@ -164,7 +155,7 @@ def test_download_offline_says_how_to_pass_a_file(monkeypatch, tmp_path: Path) -
     import hybrid_ad.jobs.download as download
 
     monkeypatch.setattr(download, "OPENML_API", "http://127.0.0.1:9/api")
-    _fails_with(["download", "--cache-dir", str(tmp_path)], "--data PATH")
+    fails_with(["download", "--cache-dir", str(tmp_path)], "--data PATH")
 
 
 def test_console_script_exit_code_and_single_line(tmp_path: Path) -> None:
@@ -194,7 +185,7 @@ def test_arff_from_openml_becomes_csv() -> None:
 def test_set_overrides_config_keys_on_every_config_command(workspace: Path, tmp_path: Path) -> None:
     config = str(workspace / "config.yaml")
     for step in ("run", "train-ae", "embed", "train-judge", "evaluate"):
-        _fails_with(
+        fails_with(
             [step, "-c", config, "--set", "seed=1", "--set", "judge.learning_rte=0.1"],
             "error: --set judge.learning_rte=0.1: unknown key",
         )

@@ -16,6 +16,8 @@ from hybrid_ad.behavioural.batch import feature_names
 from hybrid_ad.cli import app
 from hybrid_ad.config import load_config
 
+from .conftest import fails_with
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
@@ -23,14 +25,6 @@ runner = CliRunner()
 def _invoke(*args: str) -> None:
     result = runner.invoke(app, [*args, "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-
-
-def _fails_with(args: list[str], expected: str) -> None:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert expected in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +134,7 @@ def test_run_trains_on_the_feature_table_as_on_the_raw_log(workspace: Path) -> N
 
 
 def test_a_feature_table_of_another_config_is_refused(workspace: Path) -> None:
-    _fails_with(
+    fails_with(
         [
             "run", "--config", str(workspace / "config.yaml"),
             "--data", str(workspace / "table_local"), "--out", str(workspace / "other"),
@@ -192,19 +186,19 @@ def test_spark_inputs_a_user_gets_wrong_are_one_line(workspace: Path, tmp_path: 
     broken = tmp_path / "broken.parquet"
     pd.read_parquet(workspace / "events.parquet").drop(columns=["ip_prefix"]).to_parquet(broken)
     base = ["features", "--config", config, "--output", str(tmp_path / "t")]
-    _fails_with([*base, "--engine", "spark", "--input", str(broken)], "missing column 'ip_prefix'")
-    _fails_with([*base, "--engine", "dask", "--input", str(broken)], "--engine: expected one of")
+    fails_with([*base, "--engine", "spark", "--input", str(broken)], "missing column 'ip_prefix'")
+    fails_with([*base, "--engine", "dask", "--input", str(broken)], "--engine: expected one of")
     events = pd.read_parquet(workspace / "events.parquet")
     events.loc[5, "device_id"] = None
     events.to_parquet(broken)
-    _fails_with(
+    fails_with(
         [*base, "--engine", "spark", "--input", str(broken)],
         "entity column 'device_id' has a missing value",
     )
     assert not (tmp_path / "t").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    _fails_with(
+    fails_with(
         [*base[:-1], str(tmp_path / "mine"), "--engine", "spark", "--input", str(broken)],
         "is not an earlier table output",
     )

@@ -13,20 +13,14 @@ from typer.testing import CliRunner
 
 from hybrid_ad.cli import app
 
+from .conftest import fails_with
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
 def _invoke(*args: str):
     return runner.invoke(app, [*args, "--quiet"], catch_exceptions=False)
-
-
-def _fails_with(args: list[str], expected: str) -> None:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert expected in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +50,8 @@ def test_simulate_is_deterministic_and_checks_its_arguments(tmp_path: Path) -> N
     assert paths[0].read_bytes() == paths[1].read_bytes()
     frame = pd.read_csv(paths[0])
     assert {"timestamp", "account_id", "is_anomaly", "anomaly_kind"} <= set(frame.columns)
-    _fails_with(["simulate", "--out", str(tmp_path / "c.parquet"), "--accounts", "0"], "accounts")
-    _fails_with(["simulate", "--out", str(tmp_path / "c.json")], "unsupported output type")
+    fails_with(["simulate", "--out", str(tmp_path / "c.parquet"), "--accounts", "0"], "accounts")
+    fails_with(["simulate", "--out", str(tmp_path / "c.json")], "unsupported output type")
     assert not (tmp_path / "c.parquet").exists()
 
 
@@ -103,4 +97,4 @@ def test_bad_behavioural_inputs_are_one_line(workspace: Path, edit, expected: st
     edit(raw)
     path = workspace / "edited.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    _fails_with(["run", "--config", str(path)], expected)
+    fails_with(["run", "--config", str(path)], expected)

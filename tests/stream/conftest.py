@@ -29,15 +29,6 @@ def invoke(*args: str):
     return result
 
 
-def fails_with(args: list[str], expected: str) -> None:
-    """The command exits 2 with one line on stderr that contains `expected`."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert expected in lines[0], lines[0]
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with private_redis(tmp_path_factory.mktemp("redis")) as url:

@@ -12,7 +12,8 @@ import pandas as pd
 import redis
 
 from hybrid_ad.data import read_table
-from tests.stream.conftest import fails_with, invoke, read_stream
+from tests.conftest import fails_with
+from tests.stream.conftest import invoke, read_stream
 
 
 def publish(workspace: Path, url: str, stream: str, limit: int | None = None) -> None:

@@ -13,7 +13,8 @@ import redis
 
 from hybrid_ad.data import event_ids, read_table
 from hybrid_ad.stream.publish import shard_of
-from tests.stream.conftest import fails_with, invoke, read_stream
+from tests.conftest import fails_with
+from tests.stream.conftest import invoke, read_stream
 
 
 def test_entries_read_back_as_the_file(
