@@ -1,12 +1,14 @@
-"""`judge.mixed.label_weight`, chosen on validation: AP with a few analyst labels per weight.
+"""`judge.mixed` settings, chosen on validation: AP with a few analyst labels per setting.
 
     .venv/bin/python benchmarks/bench_mixed_labels.py [--config config/config.yaml]
-        [--data PATH] [--model DIR] [--labels 50 200] [--weights 1 3 10 30 100]
+        [--data PATH] [--model DIR] [--labels 50 200]
+        [--mixed label_weight=10 label_share=0.5 label_share=0.5,unlabelled=zero]
 
 Fits the label-free model once (or loads `--model` when it was saved from the same data and
 config, and saves it there otherwise), then plays an analyst who reviews the N events of the
 **train** part that the label-free judge ranks highest: the oracle reads the label column for
-those events only. For each label weight the judge is refitted in `mixed` mode on them
+those events only. For each `--mixed` setting (`judge.mixed` keys,
+comma-separated) the judge is refitted in `mixed` mode on them
 (label-free stages kept, as `hybrid-ad retrain` does) and scored on the validation part, whose
 labels no judge here learns from (none of its events is reviewed): the weight is chosen on
 that validation AP. Test AP is printed beside it for the record, and read only after the
@@ -19,6 +21,7 @@ import argparse
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,13 +34,22 @@ from hybrid_ad.jobs.pipeline import load_data
 from hybrid_ad.lifecycle.loop import identity_ids, retrain_judge
 
 
+def _label_free(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config without `judge.mixed`: what the label-free model's fit depends on."""
+    return {**raw, "judge": {k: v for k, v in raw["judge"].items() if k != "mixed"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("config/config.yaml"))
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--labels", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 3.0, 10.0, 30.0, 100.0])
+    parser.add_argument(
+        "--mixed",
+        nargs="+",
+        default=["label_weight=10", "label_share=0.5", "label_share=0.5,unlabelled=zero"],
+    )
     args = parser.parse_args()
     config = load_config(args.config)
     data = load_data(config, args.data)
@@ -47,10 +59,11 @@ def main() -> None:
     base: Detector | None = None
     if args.model is not None and (args.model / "manifest.json").is_file():
         manifest, _ = read_model_dir(args.model)
-        if manifest.get("data_sha256") == data.sha256 and manifest["config"] == config_to_dict(
-            config
+        if manifest.get("data_sha256") == data.sha256 and _label_free(manifest["config"]) == (
+            _label_free(config_to_dict(config))
         ):
             base = Detector.load(args.model)
+            base.config = config
     if base is None:
         base = Detector(config).fit(data.part("train"), data.part("validation"))
         base.data_sha256_ = data.sha256
@@ -61,14 +74,14 @@ def main() -> None:
     }
     rows = []
 
-    def measure(name: str, detector: Detector, labels: int, weight: float | None) -> None:
+    def measure(name: str, detector: Detector, labels: int, weight: str | None) -> None:
         ap = {
             part: average_precision_score(truth[part], detector.score(data.part(part))["score"])
             for part in ("validation", "test")
         }
         rows.append((name, labels, weight, ap["validation"], ap["test"]))
         print(
-            f"{name:<22} labels {labels:>6}  weight {weight!s:>6}  validation AP "
+            f"{name:<22} labels {labels:>6}  {weight or '':<32}  validation AP "
             f"{ap['validation']:.3f}  test AP {ap['test']:.3f}",
             flush=True,
         )
@@ -91,21 +104,23 @@ def main() -> None:
         known = pd.Series(oracle[chosen], index=ids[chosen]).astype("float64")
         known = known[~known.index.duplicated()]
         positives = int(known.sum())
-        for weight in args.weights:
+        for setting in args.mixed:
             raw = config_to_dict(config)
-            raw["judge"]["mixed"] = {"label_weight": weight}
+            raw["judge"]["mixed"] = {
+                key: value if key == "unlabelled" else float(value)
+                for key, value in (item.split("=") for item in setting.split(","))
+            }
             weighted = copy.copy(base)
             weighted.config = config_from_dict(raw, "bench")
             detector = retrain_judge(weighted, known, data.part("train"), data.part("validation"))
-            measure(f"mixed ({positives} frauds)", detector, count, weight)
+            measure(f"mixed ({positives} frauds)", detector, count, setting)
     print(f"total {time.perf_counter() - started:.0f} s")
     print(
-        "\n| judge | train labels | label weight | validation AP | test AP |"
+        "\n| judge | train labels | `judge.mixed` | validation AP | test AP |"
         "\n| --- | ---: | ---: | ---: | ---: |"
     )
     for name, labels, weight, validation_ap, test_ap in rows:
-        shown = "" if weight is None else f"{weight:g}"
-        print(f"| {name} | {labels:,} | {shown} | {validation_ap:.3f} | {test_ap:.3f} |")
+        print(f"| {name} | {labels:,} | {weight or ''} | {validation_ap:.3f} | {test_ap:.3f} |")
 
 
 if __name__ == "__main__":

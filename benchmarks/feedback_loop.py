@@ -94,14 +94,21 @@ def _base(config_path: Path, data: LoadedData, cache: Path, reuse: bool) -> Dete
     config = load_config(config_path)
     if reuse and (cache / "manifest.json").is_file():
         manifest, _ = read_model_dir(cache)
-        if manifest.get("data_sha256") == data.sha256 and manifest["config"] == config_to_dict(
-            config
+        if manifest.get("data_sha256") == data.sha256 and _label_free(manifest["config"]) == (
+            _label_free(config_to_dict(config))
         ):
-            return Detector.load(cache)
+            cached = Detector.load(cache)
+            cached.config = config  # the same but perhaps judge.mixed, which only retrains read
+            return cached
     base = Detector(config).fit(data.part("train"), data.part("validation"))
     base.data_sha256_ = data.sha256
     base.save(cache)
     return base
+
+
+def _label_free(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config without `judge.mixed`: what the label-free model's fit depends on."""
+    return {**raw, "judge": {k: v for k, v in raw["judge"].items() if k != "mixed"}}
 
 
 def _hidden(part: PreparedEvents, columns: list[str | None]) -> PreparedEvents:
@@ -218,7 +225,7 @@ def main() -> None:
         "split_positives": {
             p: int(getattr(data.split, p)[label].sum()) for p in ("train", "validation", "test")
         },
-        "label_weight": config.judge.mixed.label_weight,
+        "judge_mixed": config_to_dict(config)["judge"]["mixed"],
         "baselines": {"pseudo": {"labels": 0, **_measure(base, test, test_labels)}},
         "loops": {},
     }

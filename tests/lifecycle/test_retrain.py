@@ -70,7 +70,7 @@ def test_mixed_targets_are_known_labels_where_known_and_soft_elsewhere() -> None
     weights = detector.training_weights(train)
     assert targets[[5, 6, 7]].tolist() == [1.0, 0.0, 1.0]
     assert weights is not None and weights[[5, 6, 7]].tolist() == [7.0, 7.0, 7.0]
-    assert set(np.unique(weights)) == {1.0, 7.0}
+    assert set(np.unique(weights)) == {1.0, 7.0}  # a fixed weight, not the share
     soft = copy.copy(detector)
     soft.config = config_from_dict(small_config_dict())
     expected = soft.training_labels(train, outputs, reference)

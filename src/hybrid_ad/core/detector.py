@@ -39,6 +39,7 @@ from hybrid_ad.stages.label_free import (
     prior,
     soft_targets,
 )
+from hybrid_ad.stages.mixed_labels import mixed_targets, mixed_weights
 from hybrid_ad.stages.rules import RuleResult, RuleSet
 
 if TYPE_CHECKING:
@@ -173,16 +174,28 @@ class Detector:
         judge = Judge(self.config.judge, seed=self.config.seed)
         title = "judge" if use_autoencoder else "judge (no autoencoder)"
         reference = self._prior(train_outputs)
+        targets = self.training_labels(train, train_outputs, reference)
+        weights = self.training_weights(train)
+        stop_inputs = held_out_inputs
+        stop_targets = self.training_labels(held_out, held_out_outputs, reference)
+        stop_weights = self.training_weights(held_out)
+        if self.config.judge.label_source == "mixed" and self.config.judge.mixed.stop_on_labels:
+            # the known training labels join the early-stopping set (see mixed_labels)
+            labelled = ~np.isnan(self.known_labels_for(train))
+            stop_inputs = np.concatenate([held_out_inputs, inputs[labelled]])
+            stop_targets = np.concatenate([stop_targets, targets[labelled]])
+            known = np.concatenate([self.known_labels_for(held_out), np.ones(int(labelled.sum()))])
+            stop_weights = mixed_weights(known, self.config.judge.mixed)
         with self.progress.task(title, self.config.judge.n_estimators) as advance:
             judge.fit(
                 inputs,
-                self.training_labels(train, train_outputs, reference),
-                held_out_inputs,
-                self.training_labels(held_out, held_out_outputs, reference),
+                targets,
+                stop_inputs,
+                stop_targets,
                 names,
                 on_round=lambda round_: advance(round_, ""),
-                sample_weight=self.training_weights(train),
-                validation_weight=self.training_weights(held_out),
+                sample_weight=weights,
+                validation_weight=stop_weights,
             )
         self.judge_ = judge
         label = self.config.data.label
@@ -217,17 +230,15 @@ class Detector:
         contamination = self.config.judge.pseudo.contamination_range
         targets = soft_targets(self._prior(outputs), reference, contamination)
         if self.config.judge.label_source == "mixed":
-            known = self.known_labels_for(events)
-            targets = np.where(np.isnan(known), targets, known).astype(np.float32)
+            targets = mixed_targets(targets, self.known_labels_for(events), self.config.judge.mixed)
         return targets
 
     def training_weights(self, events: pd.DataFrame) -> np.ndarray | None:
-        """Sample weights in `mixed` mode: `judge.mixed.label_weight` for a known label, 1 for
-        a label-free target; None (every event alike) otherwise."""
+        """Sample weights in `mixed` mode (`hybrid_ad.stages.mixed_labels.mixed_weights`: the
+        known labels a fixed share of the total); None (every event alike) otherwise."""
         if self.config.judge.label_source != "mixed":
             return None
-        known = self.known_labels_for(events)
-        return np.where(np.isnan(known), 1.0, self.config.judge.mixed.label_weight)
+        return mixed_weights(self.known_labels_for(events), self.config.judge.mixed)
 
     def known_labels_for(self, events: pd.DataFrame) -> np.ndarray:
         """Each event's label from `known_labels` by event id, NaN where unknown. The label
