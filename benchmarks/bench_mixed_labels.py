@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--labels", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--no-truth", action="store_true", help="skip the supervised judge")
     parser.add_argument(
         "--mixed",
         nargs="+",
@@ -87,12 +88,13 @@ def main() -> None:
         )
 
     measure("label-free (pseudo)", base, 0, None)
-    raw = config_to_dict(config)
-    raw["judge"]["label_source"] = "truth"
-    supervised = copy.copy(base)
-    supervised.config = config_from_dict(raw, "truth")
-    supervised.fit_judge(data.part("train"), data.part("validation"))
-    measure("supervised (truth)", supervised, len(data.split.train), None)
+    if not args.no_truth:
+        raw = config_to_dict(config)
+        raw["judge"]["label_source"] = "truth"
+        supervised = copy.copy(base)
+        supervised.config = config_from_dict(raw, "truth")
+        supervised.fit_judge(data.part("train"), data.part("validation"))
+        measure("supervised (truth)", supervised, len(data.split.train), None)
 
     train = data.part("train")
     scores = base.score(train)["score"].to_numpy()

@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score
 
 from hybrid_ad.artifacts import read_model_dir
-from hybrid_ad.config import config_from_dict, config_to_dict, load_config
+from hybrid_ad.config import Config, config_from_dict, config_to_dict, load_config
 from hybrid_ad.core.detector import Detector
 from hybrid_ad.data import read_table, write_table
 from hybrid_ad.jobs.pipeline import LoadedData, load_data
@@ -89,9 +89,8 @@ def _data_path(args: argparse.Namespace, cache: Path) -> Path:
     return subset
 
 
-def _base(config_path: Path, data: LoadedData, cache: Path, reuse: bool) -> Detector:
+def _base(config: Config, data: LoadedData, cache: Path, reuse: bool) -> Detector:
     """The label-free model, fitted once (or reused when fitted on the same data and config)."""
-    config = load_config(config_path)
     if reuse and (cache / "manifest.json").is_file():
         manifest, _ = read_model_dir(cache)
         if manifest.get("data_sha256") == data.sha256 and _label_free(manifest["config"]) == (
@@ -197,21 +196,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/feedback_loop")
     parser.add_argument("--reuse", action="store_true", help="reuse a fitted label-free model")
     parser.add_argument("--no-truth", action="store_true", help="skip the supervised judge")
+    parser.add_argument(
+        "--mixed",
+        default=None,
+        help="judge.mixed settings for the retrains, e.g. unlabelled=zero,label_weight=10; "
+        "results then go to OUT/<dataset>-<settings>",
+    )
     args = parser.parse_args()
     strategies = args.strategies or ["top", "uncertain", "mixed", "random"]
     spec = DATASETS[args.dataset]
     cache = args.out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    out = args.out / (args.dataset if args.rows is None else f"{args.dataset}-first{args.rows}")
+    name = args.dataset if args.rows is None else f"{args.dataset}-first{args.rows}"
+    out = args.out / (name if args.mixed is None else f"{name}-{args.mixed.replace(',', '-')}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     data_path = _data_path(args, cache)
     config = load_config(spec["config"])
+    if args.mixed is not None:
+        raw = config_to_dict(config)
+        for item in args.mixed.split(","):
+            key, value = item.split("=")
+            raw["judge"]["mixed"][key] = None if value == "null" else value
+        config = config_from_dict(raw, f"--mixed {args.mixed}")
     data = load_data(config, data_path)
     label, kind = config.data.label, config.evaluation.kind_column
     assert label is not None
-    base = _base(spec["config"], data, cache / out.name, args.reuse)
+    base = _base(config, data, cache / name, args.reuse)
     print(f"label-free model ready, {time.perf_counter() - started:.0f} s", flush=True)
     test = data.part("test")
     test_labels = data.split.test[label].to_numpy(np.int8)

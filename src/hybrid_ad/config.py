@@ -268,20 +268,18 @@ class MixedLabelConfig(StrictModel):
     """`label_source: mixed`: analysts' labels where the label store knows the event, the
     label-free soft targets elsewhere (hybrid_ad.stages.mixed_labels)."""
 
+    label_weight: float | None = Field(
+        10.0,
+        gt=0,
+        description="sample weight of a labelled event (label-free targets weigh 1); null: "
+        "label_share decides",
+    )
     label_share: float = Field(
         0.5,
         gt=0,
         lt=1,
-        description="the known labels' share of the judge's total training weight, split "
-        "evenly among them; each label-free target weighs 1",
-    )
-    label_weight: float | None = Field(
-        None, gt=0, description="a fixed sample weight per labelled event instead of label_share"
-    )
-    stop_on_labels: bool = Field(
-        True,
-        description="early-stop on validation and the known training labels together, not on "
-        "validation alone (whose events may have no label)",
+        description="with label_weight null: the known labels' share of the part's total "
+        "training weight, split evenly among them",
     )
     unlabelled: Literal["soft", "zero"] = Field(
         "soft",

@@ -174,28 +174,16 @@ class Detector:
         judge = Judge(self.config.judge, seed=self.config.seed)
         title = "judge" if use_autoencoder else "judge (no autoencoder)"
         reference = self._prior(train_outputs)
-        targets = self.training_labels(train, train_outputs, reference)
-        weights = self.training_weights(train)
-        stop_inputs = held_out_inputs
-        stop_targets = self.training_labels(held_out, held_out_outputs, reference)
-        stop_weights = self.training_weights(held_out)
-        if self.config.judge.label_source == "mixed" and self.config.judge.mixed.stop_on_labels:
-            # the known training labels join the early-stopping set (see mixed_labels)
-            labelled = ~np.isnan(self.known_labels_for(train))
-            stop_inputs = np.concatenate([held_out_inputs, inputs[labelled]])
-            stop_targets = np.concatenate([stop_targets, targets[labelled]])
-            known = np.concatenate([self.known_labels_for(held_out), np.ones(int(labelled.sum()))])
-            stop_weights = mixed_weights(known, self.config.judge.mixed)
         with self.progress.task(title, self.config.judge.n_estimators) as advance:
             judge.fit(
                 inputs,
-                targets,
-                stop_inputs,
-                stop_targets,
+                self.training_labels(train, train_outputs, reference),
+                held_out_inputs,
+                self.training_labels(held_out, held_out_outputs, reference),
                 names,
                 on_round=lambda round_: advance(round_, ""),
-                sample_weight=weights,
-                validation_weight=stop_weights,
+                sample_weight=self.training_weights(train),
+                validation_weight=self.training_weights(held_out),
             )
         self.judge_ = judge
         label = self.config.data.label
@@ -224,13 +212,17 @@ class Detector:
     ) -> np.ndarray:
         """The judge's targets: the label column in `truth` mode; otherwise soft targets from
         the label-free prior, against the training prior `reference` (hybrid_ad.stages.label_free),
-        replaced in `mixed` mode by the known label (0/1) where `known_labels` has the event."""
+        replaced in `mixed` mode by the known label (0/1) where `known_labels` has the event
+        (`hybrid_ad.stages.mixed_labels`: and, with `unlabelled: zero`, 0 elsewhere)."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)
         contamination = self.config.judge.pseudo.contamination_range
         targets = soft_targets(self._prior(outputs), reference, contamination)
         if self.config.judge.label_source == "mixed":
-            targets = mixed_targets(targets, self.known_labels_for(events), self.config.judge.mixed)
+            known = self.known_labels_for(events)
+            assert self.known_labels is not None
+            any_positive = bool((self.known_labels == 1).any())
+            targets = mixed_targets(targets, known, self.config.judge.mixed, any_positive)
         return targets
 
     def training_weights(self, events: pd.DataFrame) -> np.ndarray | None:

@@ -1,11 +1,16 @@
 """Targets and weights of `judge.label_source: mixed`: analysts' labels among soft targets.
 
-A few hundred labels sit among 10^5 label-free soft targets. Weighted like any event (or ten
-times one) they are a rounding error in the trees' loss, and the judge stays the label-free
-one: the known labels are therefore given a fixed *share* of the part's total weight
-(`judge.mixed.label_share`), split evenly among them, whatever their number. Fifty labels
-then count as much as five hundred would in total, each more; the label-free targets keep
-the rest and still shape the events no analyst has seen.
+A few hundred labels sit among 10^5 label-free soft targets. Two ways to let them count,
+both measured in BENCHMARKS.md ("Analysts in the loop"):
+
+- weight: each label a fixed `label_weight` (default 10), or, with `label_weight: null`, the
+  labels together a fixed *share* of the part's total weight (`label_share`), split evenly
+  among them whatever their number;
+- PU-style targets (`unlabelled: zero`): every unreviewed event a normal one (0) instead of
+  its soft target, as in positive-unlabelled learning. That drops the label-free prior's
+  false alarms, but also calls normal every anomaly no analyst has seen yet, so it pays only
+  once the reviews have found a good part of them. With no known positive at all there is
+  nothing to learn from and the soft targets stay.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import numpy as np
 from hybrid_ad.config import MixedLabelConfig
 
 
-def mixed_targets(soft: np.ndarray, known: np.ndarray, config: MixedLabelConfig) -> np.ndarray:
+def mixed_targets(
+    soft: np.ndarray, known: np.ndarray, config: MixedLabelConfig, any_positive: bool
+) -> np.ndarray:
     """The known label (0/1) where `known` has one, else the soft target (`unlabelled:
-    soft`) or 0 (`unlabelled: zero`: every unreviewed event taken as normal, PU-style)."""
-    rest = soft if config.unlabelled == "soft" else np.zeros_like(soft)
+    soft`, or `zero` while no label anywhere is positive: `any_positive`) or 0 (`zero`)."""
+    pu = config.unlabelled == "zero" and any_positive
+    rest = np.zeros_like(soft) if pu else soft
     return np.where(np.isnan(known), rest, known).astype(np.float32)
 
 
