@@ -282,7 +282,7 @@ class MixedLabelConfig(StrictModel):
         "training weight, split evenly among them",
     )
     unlabelled: Literal["soft", "zero"] = Field(
-        "soft",
+        "zero",
         description="target of an event without a label: soft (the label-free target) or "
         "zero (taken as normal, PU-style)",
     )

@@ -54,7 +54,8 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def test_mixed_targets_are_known_labels_where_known_and_soft_elsewhere() -> None:
-    raw = small_config_dict(judge={"label_source": "mixed", "mixed": {"label_weight": 7.0}})
+    mixed = {"label_weight": 7.0, "unlabelled": "soft"}
+    raw = small_config_dict(judge={"label_source": "mixed", "mixed": mixed})
     config = config_from_dict(raw)
     events, _ = validate_events(make_events(2000, seed=1), config.data, "events")
     detector = Detector(config)
@@ -77,6 +78,17 @@ def test_mixed_targets_are_known_labels_where_known_and_soft_elsewhere() -> None
     rest = np.setdiff1d(np.arange(len(train)), [5, 6, 7])
     np.testing.assert_array_equal(targets[rest], expected[rest])
     assert soft.training_weights(train) is None
+    # the default, positive-unlabelled: every unreviewed event is a 0, the labels stay
+    pu = copy.copy(detector)
+    pu.config = config_from_dict(small_config_dict(judge={"label_source": "mixed"}))
+    above_all = np.zeros(1000)  # a reference every event tops: soft targets 1
+    pu_targets = pu.training_labels(train, outputs, above_all)
+    assert pu_targets[[5, 6, 7]].tolist() == [1.0, 0.0, 1.0]
+    assert not pu_targets[rest].any()
+    # ... once a label is positive: with only negatives known the soft targets stay
+    pu.known_labels = pd.Series([0.0], index=ids.iloc[[6]].to_numpy())
+    only_negatives = pu.training_labels(train, outputs, above_all)
+    assert only_negatives[rest].tolist() == [1.0] * len(rest)
 
 
 def test_mixed_refuses_label_reading_configs() -> None:
