@@ -98,6 +98,12 @@ class Detector:
         """For `judge.label_source: mixed`: a label store's labels (0/1) by event id."""
         self._reused: dict[int, tuple[Columns, StageOutputs]] | None = None
 
+    def release_outputs(self, frame: Events) -> None:
+        """Forget one frame's reused outputs (`reusing_outputs`) once they are not needed."""
+        events = frame.frame if isinstance(frame, PreparedEvents) else frame
+        if self._reused is not None:
+            self._reused.pop(id(events), None)
+
     @contextmanager
     def reusing_outputs(self) -> Iterator[None]:
         """Within: each events frame's label-free outputs are computed once and reused. The
@@ -219,10 +225,15 @@ class Detector:
             self.config.evaluation,
             held_out[label].to_numpy(np.int8) if truth and label is not None else None,
         )
-        self.drift_reference_ = DriftReference.fit(
-            pd.DataFrame(inputs, columns=names),
-            pd.DataFrame(held_out_inputs, columns=names),
-            score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
+        # the ablation is an evaluation aid, never saved or monitored: no drift reference
+        self.drift_reference_ = (
+            DriftReference.fit(
+                pd.DataFrame(inputs, columns=names),
+                pd.DataFrame(held_out_inputs, columns=names),
+                score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
+            )
+            if use_autoencoder
+            else None
         )
         return self
 

@@ -146,6 +146,7 @@ def evaluate_step(
             ablation = detector.without_autoencoder_inputs(
                 data.part("train"), data.part("validation")
             )
+        detector.release_outputs(data.part("train"))  # the training part is done with
         with timer.step("score"):
             validation_scores = _stage_scores(detector, ablation, data.part("validation"))
             test_scores = _stage_scores(detector, ablation, data.part("test"))
