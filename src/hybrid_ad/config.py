@@ -231,6 +231,13 @@ class AutoencoderConfig(StrictModel):
     patience: int = Field(5, ge=1, le=10_000, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
+    max_train_rows: int | None = Field(
+        None,
+        ge=1,
+        description="the network trains (and early-stops) on a seeded uniform sample of this "
+        "many of its rows when it has more (the rate is recorded in the model); null: all. "
+        "Off by default: training is bound by optimiser steps, and a sample cuts them",
+    )
     threads: int = Field(
         1, ge=1, le=MAX_THREADS, description="torch threads; small dense layers run fastest on one"
     )
@@ -309,8 +316,15 @@ class JudgeConfig(StrictModel):
         1.0,
         gt=0,
         le=1,
-        description="share of the training negatives (target < 0.5) the judge fits on, every "
-        "positive kept; its probabilities are corrected for the rate (1 = no sampling)",
+        description="share of the training events with target 0 the judge fits on, every "
+        "event with a positive target kept; its probabilities are corrected for the rate "
+        "(1 = no sampling)",
+    )
+    max_negatives: int | None = Field(
+        200_000,
+        ge=1,
+        description="at most this many target-0 events are fitted on: above it, the rate is "
+        "lowered to max_negatives / their number (recorded, corrected); null: no cap",
     )
     threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
