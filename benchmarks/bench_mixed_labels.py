@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_mixed_labels.py [--config config/config.yaml]
         [--data PATH] [--model DIR] [--labels 50 200]
-        [--mixed label_weight=10 label_share=0.5 label_share=0.5,unlabelled=zero]
+        [--mixed label_weight=10,unlabelled=soft label_weight=null,label_share=0.5 ...]
 
 Fits the label-free model once (or loads `--model` when it was saved from the same data and
 config, and saves it there otherwise), then plays an analyst who reviews the N events of the
@@ -10,7 +10,7 @@ config, and saves it there otherwise), then plays an analyst who reviews the N e
 those events only. For each `--mixed` setting (`judge.mixed` keys,
 comma-separated) the judge is refitted in `mixed` mode on them
 (label-free stages kept, as `hybrid-ad retrain` does) and scored on the validation part, whose
-labels no judge here learns from (none of its events is reviewed): the weight is chosen on
+labels no judge here learns from (none of its events is reviewed): the setting is chosen on
 that validation AP. Test AP is printed beside it for the record, and read only after the
 choice. The fully supervised judge (`truth`, every train label) is measured for scale.
 """
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument(
         "--mixed",
         nargs="+",
-        default=["label_weight=10", "label_share=0.5", "label_share=0.5,unlabelled=zero"],
+        default=["label_weight=10,unlabelled=soft", "label_weight=10,unlabelled=zero"],
     )
     args = parser.parse_args()
     config = load_config(args.config)
@@ -109,7 +109,7 @@ def main() -> None:
         for setting in args.mixed:
             raw = config_to_dict(config)
             raw["judge"]["mixed"] = {
-                key: value if key == "unlabelled" else float(value)
+                key: None if value == "null" else value
                 for key, value in (item.split("=") for item in setting.split(","))
             }
             weighted = copy.copy(base)
