@@ -303,7 +303,7 @@ class MixedLabelConfig(StrictModel):
         "training weight, split evenly among them",
     )
     unlabelled: Literal["soft", "zero"] = Field(
-        "zero",
+        "soft",
         description="target of an event without a label: soft (the label-free target) or "
         "zero (taken as normal, PU-style)",
     )

@@ -38,10 +38,8 @@ def test_targets_are_the_label_where_known_else_soft_or_zero() -> None:
     soft = np.array([0.9, 0.2, 0.0, 0.6], dtype=np.float32)
     known = np.array([0.0, NAN, 1.0, NAN])
     expected = pytest.approx([0.0, 0.2, 1.0, 0.6])
-    assert mixed_targets(soft, known, MixedLabelConfig(unlabelled="soft"), True).tolist() == (
-        expected
-    )
-    pu = MixedLabelConfig()  # the default
+    assert mixed_targets(soft, known, MixedLabelConfig(), True).tolist() == expected  # default
+    pu = MixedLabelConfig(unlabelled="zero")
     assert mixed_targets(soft, known, pu, True).tolist() == [0.0, 0.0, 1.0, 0.0]
     # no positive label anywhere: nothing to learn positives from, the soft targets stay
     assert mixed_targets(soft, known, pu, False).tolist() == expected

@@ -78,9 +78,10 @@ def test_mixed_targets_are_known_labels_where_known_and_soft_elsewhere() -> None
     rest = np.setdiff1d(np.arange(len(train)), [5, 6, 7])
     np.testing.assert_array_equal(targets[rest], expected[rest])
     assert soft.training_weights(train) is None
-    # the default, positive-unlabelled: every unreviewed event is a 0, the labels stay
+    # positive-unlabelled: every unreviewed event is a 0, the labels stay
     pu = copy.copy(detector)
-    pu.config = config_from_dict(small_config_dict(judge={"label_source": "mixed"}))
+    pu_judge = {"label_source": "mixed", "mixed": {"unlabelled": "zero"}}
+    pu.config = config_from_dict(small_config_dict(judge=pu_judge))
     above_all = np.zeros(1000)  # a reference every event tops: soft targets 1
     pu_targets = pu.training_labels(train, outputs, above_all)
     assert pu_targets[[5, 6, 7]].tolist() == [1.0, 0.0, 1.0]
