@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/feedback_loop.py --dataset creditcard|streaming
         [--data PATH] [--rows N] [--schedule 50 50 100 300 500]
         [--strategies top uncertain mixed random] [--out benchmarks/out/feedback_loop] [--reuse]
+        [--mixed unlabelled=zero,label_weight=10]
 
 creditcard: `config/config.yaml` on the full ULB file (`/work/shared/data/creditcard.csv.gz`),
 six-hour blocks. streaming: `config/streaming_service.yaml` on `hybrid-ad simulate --accounts
@@ -21,6 +22,7 @@ test split, which no label comes from: AP, and precision and recall at the alert
 threshold the retrain took on validation). The label-free judge (`pseudo`) and the fully
 supervised judge (`truth`, every train label) are measured in the same run.
 
+`--mixed` sets `judge.mixed` keys for the retrains (results then in `OUT/<dataset>-<settings>`).
 Writes `OUT/<dataset>/results-<strategies>.json` (after every retrain), then `table.md` and
 `feedback_loop.png` from every results file there, so strategies can run as separate
 processes (`--strategies mixed`, ...; `--no-truth` in all but one) and be drawn together.
