@@ -101,7 +101,6 @@ class Autoencoder(Stage):
             network.parameters(),
             lr=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
-            fused=True,  # one kernel for all parameters: 10-20% of a small network's step
         )
         train_tensor = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
         validation_tensor = torch.from_numpy(np.ascontiguousarray(validation, dtype=np.float32))
