@@ -212,7 +212,21 @@ class AutoencoderConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     learning_rate: float = Field(2e-3, gt=0, le=10)
     weight_decay: float = Field(1e-5, ge=0, le=10)
-    batch_size: int = Field(1024, ge=1, le=1 << 20)
+    batch_size: int = Field(1024, ge=1, le=1 << 20, description="the largest batch")
+    min_steps_per_epoch: int = Field(
+        100,
+        ge=1,
+        le=1 << 20,
+        description="on small data batches shrink (to no fewer than 32 events) so that every "
+        "epoch takes at least this many optimiser steps",
+    )
+    input_scaling: Literal["robust", "as_features"] = Field(
+        "robust",
+        description="robust: each input centred on its training median and divided by its "
+        "IQR / 1.349, then clipped to +-input_clip, so heavy-tailed inputs cannot dominate "
+        "the loss and the score; as_features: the feature stage's z-scores unchanged",
+    )
+    input_clip: float = Field(5.0, gt=0, le=1e6, description="robust units (input_scaling: robust)")
     max_epochs: int = Field(40, ge=1, le=10_000)
     patience: int = Field(5, ge=1, le=10_000, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
