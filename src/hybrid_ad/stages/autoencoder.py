@@ -152,7 +152,6 @@ class Autoencoder(Stage):
             network.parameters(),
             lr=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
-            fused=True,  # one kernel for all parameters: 10-20% of a small network's step
         )
         self.fit_scaling(train)
         train_tensor = torch.from_numpy(self.scale_inputs(train))
