@@ -7,9 +7,10 @@ and the reason before anything is scored. Validation runs in pydantic-core on th
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired, Required
 
+import numpy as np
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -51,15 +52,17 @@ class EventSchema:
                 float, Field(allow_inf_nan=False, description=f"event time in {unit}")
             ]
         fields[data.timestamp] = Required[time_type]
+        numbers = [] if data.timestamp_unit == "datetime" else [data.timestamp]
         for key in data.entity_keys:
             fields[key] = Required[Annotated[str | int, Field(description="entity key")]]
         behavioural = detector.config.features.behavioural
         values = behavioural.values if behavioural is not None else []
         for name in [*detector.feature_columns_, *values]:
-            fields.setdefault(
-                name,
-                Required[Annotated[float, Field(allow_inf_nan=False, description="model input")]],
-            )
+            if name not in fields:
+                numbers.append(name)
+                fields[name] = Required[
+                    Annotated[float, Field(allow_inf_nan=False, description="model input")]
+                ]
         if behavioural is not None and behavioural.label_risk is not None and data.label:
             fields[data.label] = NotRequired[
                 Annotated[
@@ -71,6 +74,8 @@ class EventSchema:
         event.__pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[attr-defined]
         self.columns = list(fields)
         """The columns handed to the scorer, in schema order."""
+        self._times = data.timestamp if data.timestamp_unit == "datetime" else None
+        self._numbers = set(numbers)
         self._one = TypeAdapter(event)
         self._many = TypeAdapter(Annotated[list[event], Field(max_length=MAX_EVENTS)])  # type: ignore[valid-type]
 
@@ -89,9 +94,28 @@ class EventSchema:
         except ValidationError as error:
             raise _request_error(error, many) from None
 
-    def columns_of(self, events: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """Validated events as columns, the batch form `LiveScorer.score_many` takes."""
-        return {name: [event.get(name) for event in events] for name in self.columns}
+    def columns_of(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Validated events as columns, the batch form `LiveScorer.score_many` takes.
+
+        Numbers go as float arrays and times as UTC `datetime64` (naive times read as UTC, as
+        the scorer reads them), so the scorer takes its typed paths and does not parse them
+        again: a list of datetimes would go through `pd.to_datetime`, 4 ms of a 5 ms
+        single-event call."""
+        columns: dict[str, Any] = {}
+        for name in self.columns:
+            values = [event.get(name) for event in events]
+            if name == self._times:
+                columns[name] = np.array([_utc(value) for value in values], "datetime64[us]")
+            elif name in self._numbers:
+                columns[name] = np.array(values, np.float64)
+            else:
+                columns[name] = values
+        return columns
+
+
+def _utc(value: datetime) -> datetime:
+    """A validated time as naive UTC, what numpy's `datetime64` takes."""
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _request_error(error: ValidationError, many: bool) -> RequestError:
