@@ -32,6 +32,10 @@ def _batch_scores(trained: Trained, tmp_path: Path) -> pd.DataFrame:
     return pd.read_parquet(output)
 
 
+EXACT = {"reasons": "all", "contributions": "exact"}
+"""The reasons `hybrid-ad score` writes: every event, TreeSHAP."""
+
+
 def _assert_same(answers: list[dict], expected: pd.DataFrame) -> None:
     assert [a["event_id"] for a in answers] == expected["event_id"].tolist()
     np.testing.assert_allclose([a["score"] for a in answers], expected["score"], rtol=0, atol=1e-9)
@@ -49,9 +53,9 @@ def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     args = ("--model", str(trained.model), "--state", str(state))
     first = serve(*args).wait_ready()
     with first.client(None) as client:
-        answers = [client.post("/v1/score", json=events[0]).json()]  # one object -> one object
+        answers = [client.post("/v1/score", json=events[0], params=EXACT).json()]  # one -> one
         for start, end in ((1, 40), (40, 80), (80, 120)):
-            answers += client.post("/v1/score", json=events[start:end]).json()
+            answers += client.post("/v1/score", json=events[start:end], params=EXACT).json()
         version = client.get("/v1/model").json()["version"]
     assert first.stop() == 0, first.finish()
     assert (state / "live_state.bin").stat().st_size > 0
@@ -63,11 +67,10 @@ def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     lines = clash.finish().strip().splitlines()
     assert len(lines) == 1 and "in use by hybrid-ad serve pid" in lines[0], lines
     with second.client(None) as client:
-        again = client.post(
-            "/v1/score", json=events[119]
-        ).json()  # redelivered: not counted  # redelivered: not counted
+        again = client.post("/v1/score", json=events[119], params=EXACT).json()  # redelivered
         for start in range(120, len(events), 60):
-            answers += client.post("/v1/score", json=events[start : start + 60]).json()
+            batch = events[start : start + 60]
+            answers += client.post("/v1/score", json=batch, params=EXACT).json()
     assert second.stop() == 0
     assert again["event_id"] == answers[119]["event_id"]
     assert all(a["model_version"] == version for a in answers)

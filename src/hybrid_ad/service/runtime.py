@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from hybrid_ad.artifacts import MANIFEST, sha256_bytes
-from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.detector import Detector, require_judge
 from hybrid_ad.core.live import LiveScorer, ScoredBatch
 from hybrid_ad.core.scoring import Contributions, Explain
 from hybrid_ad.errors import ArtifactError, HybridADError
-from hybrid_ad.jobs.pipeline import require_judge
 from hybrid_ad.monitoring.drift import ReferenceProfile
 from hybrid_ad.service.metrics import ServiceMetrics
 from hybrid_ad.service.schema import EventSchema, RequestError
@@ -288,7 +287,11 @@ class Runtime:
         except HybridADError as exc:
             where = f"--state {self.state_dir.path}: " if self.state_dir and state else ""
             raise ArtifactError(f"{where}{_one_line(exc)}") from None
-        return ServedModel(detector, live, EventSchema(detector), manifest, path)
+        schema = EventSchema(detector)
+        live.score_many(
+            schema.example(), remember=False, explain=EXPLAIN, contributions=CONTRIBUTIONS
+        )
+        return ServedModel(detector, live, schema, manifest, path)
 
     def _swap(self, detector: Detector, manifest: dict[str, Any], path: Path) -> ServedModel:
         old = self.current

@@ -76,6 +76,7 @@ class EventSchema:
         """The columns handed to the scorer, in schema order."""
         self._times = data.timestamp if data.timestamp_unit == "datetime" else None
         self._numbers = set(numbers)
+        self._label = data.label
         self._one = TypeAdapter(event)
         self._many = TypeAdapter(Annotated[list[event], Field(max_length=MAX_EVENTS)])  # type: ignore[valid-type]
 
@@ -93,6 +94,18 @@ class EventSchema:
             return [self._one.validate_json(body)], True
         except ValidationError as error:
             raise _request_error(error, many) from None
+
+    def example(self) -> dict[str, Any]:
+        """One made-up event as columns (time now, keys "warm-up", inputs 0): scored once,
+        unremembered, at start and reload, so the first request does not pay the first
+        call's costs (numba's cached kernels, XGBoost's and torch's first runs)."""
+        event: dict[str, Any] = dict.fromkeys(self._numbers, 0.0)
+        for name in self.columns:
+            if name == self._times:
+                event[name] = datetime.now(UTC)
+            elif name not in event and name != self._label:
+                event[name] = "warm-up"
+        return self.columns_of([event])
 
     def columns_of(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         """Validated events as columns, the batch form `LiveScorer.score_many` takes.
