@@ -111,6 +111,16 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         ok = client.post("/v1/score", json=[event, {**event, "extra_field": 1}])
         assert ok.status_code == 200 and len(ok.json()) == 2
         assert set(ok.json()[0]["reasons"]) == {"rules", "judge", "autoencoder"}
+        exact = client.post("/v1/score", params={"contributions": "exact"}, json=event).json()
+        cheap = ok.json()[0]["reasons"]  # the default: approximate contributions
+        assert cheap["rules"] == exact["reasons"]["rules"]
+        assert cheap["autoencoder"] == exact["reasons"]["autoencoder"]
+        assert len(cheap["judge"]) == len(exact["reasons"]["judge"]) == 3
+        assert ok.json()[0]["score"] == exact["score"]
+        bogus = client.post("/v1/score", params={"contributions": "shap"}, json=event)
+        assert bogus.status_code == 422
+        refusal = "contributions: expected one of approximate, exact, got 'shap'"
+        assert bogus.json()["error"] == refusal
         quick = client.post("/v1/score", params={"reasons": "none"}, json=event).json()
         assert quick["reasons"] is None and quick["event_id"] == ok.json()[0]["event_id"]
         unknown = client.post("/v1/score", params={"reasons": "some"}, json=event)
@@ -127,7 +137,9 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         metrics = client.get("/metrics").text
         assert 'hybrid_ad_request_seconds_count{endpoint="/v1/score",status="422"}' in metrics
         assert 'hybrid_ad_stage_seconds_count{stage="score"}' in metrics
-        assert "hybrid_ad_events_scored_total 202.0" in metrics
+        assert "hybrid_ad_events_scored_total 203.0" in metrics
+        assert "hybrid_ad_score_count 203.0" in metrics
+        assert 'hybrid_ad_score_bucket{le="+Inf"} 203.0' in metrics
         assert 'hybrid_ad_drift_psi{column="score:judge"}' in metrics
         assert "hybrid_ad_score_bucket" in metrics and "hybrid_ad_alerts_total" in metrics
     assert server.stop() == 0
