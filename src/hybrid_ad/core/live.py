@@ -140,6 +140,10 @@ class LiveScorer:
         self._needed = [config.data.timestamp, *self._numeric, *self._keys]
         if config.data.event_id is not None:
             self._needed.append(config.data.event_id)
+        # the approximate contributions' flat trees are built (and their loop loaded) now,
+        # not at the first alert: that one would wait some 150 ms
+        judge = detector.fitted_judge()
+        judge.contributions(np.zeros((1, len(judge.feature_names_ or ()))), 1, approximate=True)
 
     # -- scoring --------------------------------------------------------------------------------
 
