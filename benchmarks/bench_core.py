@@ -40,12 +40,23 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 
 VARIANTS = {
-    "exact": {},
-    "approximate": {"contributions": "approximate"},
+    "exact": {"contributions": "exact"},
+    "approximate": {},
     "none": {"explain": "none"},
 }
-"""Reasons for the alerting events with exact TreeSHAP (what `explain` writes), with XGBoost's
-approximate contributions, or no reasons."""
+"""Reasons for the alerting events with exact TreeSHAP (what `explain` writes by default),
+with approximate contributions (Saabas, the live path's default), or no reasons."""
+
+
+def machine() -> str:
+    """The commit and the load average, for the figures' context."""
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"commit {commit or '?'}, {os.cpu_count()} cores, load average {load}"
 
 
 def warmed(detector: Detector, warm: pd.DataFrame, batch: int):
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=200_000, help="first event used")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"start: {machine()}", flush=True)
     detector = Detector.load(args.model)
     events = pd.read_parquet(args.events).iloc[args.start :]
     runs = []
@@ -156,14 +168,15 @@ def main() -> None:
     judge = median("rate_judge")
     xgb, ae = (median("xgb", 0), median("xgb", 1)), (median("ae", 0), median("ae", 1))
     alone = (xgb[0] + ae[0], xgb[1] + ae[1])
-    print(f"\nmedians of {args.repeats} repeats, one thread, batches of {args.batch}:")
+    print(f"\nend: {machine()}")
+    print(f"medians of {args.repeats} repeats, one thread, batches of {args.batch}:")
     print(
         f"| the judge alone (`inplace_predict`), batches of {args.batch} | "
         f"{judge:,.0f} events/s | 1.0x |"
     )
     labels = {
         "exact": "reasons for alerts, exact TreeSHAP",
-        "approximate": "reasons for alerts, approximate contributions",
+        "approximate": "reasons for alerts, approximate contributions (live default)",
         "none": "no reasons",
     }
     for name, label in labels.items():

@@ -21,19 +21,20 @@ from hybrid_ad.service.app import MAX_BODY_BYTES
 from .conftest import TOKEN, Trained, as_json
 
 
-def _batch_scores(trained: Trained, tmp_path: Path) -> pd.DataFrame:
-    output = tmp_path / "scored.parquet"
+def _batch_scores(trained: Trained, tmp_path: Path, contributions: str) -> pd.DataFrame:
+    output = tmp_path / f"scored_{contributions}.parquet"
     result = CliRunner().invoke(
         app,
         ["score", "--model", str(trained.model), "--input", str(trained.events_path),
-         "--output", str(output), "--quiet"],
+         "--output", str(output), "--contributions", contributions, "--quiet"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return pd.read_parquet(output)
 
 
 EXACT = {"reasons": "all", "contributions": "exact"}
-"""The reasons `hybrid-ad score` writes: every event, TreeSHAP."""
+"""The reasons `hybrid-ad score` writes by default: every event, TreeSHAP (the service's
+default is every event with approximate contributions, `score --contributions approximate`)."""
 
 
 def _assert_same(answers: list[dict], expected: pd.DataFrame) -> None:
@@ -47,15 +48,16 @@ def _assert_same(answers: list[dict], expected: pd.DataFrame) -> None:
 def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     trained: Trained, serve, tmp_path: Path
 ) -> None:
-    expected = _batch_scores(trained, tmp_path)
+    cheap = _batch_scores(trained, tmp_path, "approximate")
+    exact = _batch_scores(trained, tmp_path, "exact")
     events = as_json(trained.events)
     state = tmp_path / "state"
     args = ("--model", str(trained.model), "--state", str(state))
     first = serve(*args).wait_ready()
     with first.client(None) as client:
-        answers = [client.post("/v1/score", json=events[0], params=EXACT).json()]  # one -> one
+        answers = [client.post("/v1/score", json=events[0]).json()]  # one object -> one object
         for start, end in ((1, 40), (40, 80), (80, 120)):
-            answers += client.post("/v1/score", json=events[start:end], params=EXACT).json()
+            answers += client.post("/v1/score", json=events[start:end]).json()
         version = client.get("/v1/model").json()["version"]
     assert first.stop() == 0, first.finish()
     assert (state / "live_state.bin").stat().st_size > 0
@@ -67,14 +69,15 @@ def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     lines = clash.finish().strip().splitlines()
     assert len(lines) == 1 and "in use by hybrid-ad serve pid" in lines[0], lines
     with second.client(None) as client:
-        again = client.post("/v1/score", json=events[119], params=EXACT).json()  # redelivered
+        again = client.post("/v1/score", json=events[119]).json()  # redelivered: not counted
         for start in range(120, len(events), 60):
             batch = events[start : start + 60]
             answers += client.post("/v1/score", json=batch, params=EXACT).json()
     assert second.stop() == 0
     assert again["event_id"] == answers[119]["event_id"]
     assert all(a["model_version"] == version for a in answers)
-    _assert_same(answers, expected)
+    _assert_same(answers[:120], cheap.iloc[:120])  # the default reasons, then exact ones
+    _assert_same(answers[120:], exact.iloc[120:])
 
 
 def test_validation_limits_and_auth(trained: Trained, serve) -> None:
