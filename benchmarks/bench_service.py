@@ -5,25 +5,31 @@ the same run.
 Run `make streaming` first (it writes the model and the events), then:
 
     .venv/bin/python benchmarks/bench_service.py [--runs 3] [--rate 300] [--seconds 60]
+        [--reasons default|all|alerts|none] [--contributions default|approximate|exact]
 
 Per run: a fresh `hybrid-ad serve` process (its `--state` carried over from the previous run,
 so from the second run on the cold start includes restoring a state), then
 
 1. one event per request, sent open-loop at `--rate` requests/s for `--seconds` by a bounded
-   asyncio httpx client (at most `--in-flight` requests outstanding); latency from the moment
-   each request was due (so a late send counts) and from the actual send;
+   asyncio client (`Connections`: raw HTTP/1.1 keep-alive, at most `--in-flight` requests and
+   connections outstanding); latency from the moment each request was due (so a late send
+   counts) and from the actual send; sends more than 1 ms late are counted (a client starved
+   of CPU shows there);
 2. batches of `--batch` events, `--clients` concurrent clients, for `--batch-seconds`;
 3. the baseline: `LiveScorer.score_many` in this process, on one event and on batches of the
-   same size, from the same events.
+   same size, from the same events, with the same reasons.
 
-Events are the simulated log's last part (after the model's training and validation data),
-handed out in time order over the whole benchmark; when the part is used up it starts again
-shifted past its end. Concurrent requests reach the server slightly out of order, and the
-streaming model allows no lateness (an event older than the newest seen is a dead letter), so
-the server gets a copy of the model with `allowed_lateness` = `--lateness` (a live-engine
-setting: nothing is refitted). Dead letters are counted apart from errors. Each phase is
-bounded in count and in time: requests a slow server left unsent are reported. Figures are printed
-as Markdown, medians over the runs last.
+The client and the server share the machine's cores, so the CPU each used per request (the
+server's from /proc, the client's own) is printed with the wall-clock figures, and the load
+average at the start, per run and at the end: on a busy machine the CPU ratios to the
+baseline are the comparable figures. Events are the simulated log's last part (after the
+model's training and validation data), handed out in time order over the whole benchmark;
+when the part is used up it starts again shifted past its end. Concurrent requests reach the
+server slightly out of order, and the streaming model allows no lateness (an event older
+than the newest seen is a dead letter), so the server gets a copy of the model with
+`allowed_lateness` = `--lateness` (a live-engine setting: nothing is refitted). Dead letters
+are counted apart from errors. Each phase is bounded in count and in time: requests a slow
+server left unsent are reported. Figures are printed as Markdown, medians over the runs last.
 """
 
 from __future__ import annotations
@@ -212,7 +218,8 @@ async def _paced(url: str, bodies: list[bytes], rate: float, seconds: float, in_
 
 async def _batches(url: str, bodies: list[bytes], size: int, clients: int, seconds: float):
     """Closed loop: `clients` clients send the batches in turn, each as soon as its last one
-    was answered, until the batches or `seconds` run out; (events/s, errors, dead letters)."""
+    was answered, until the batches or `seconds` run out; (events/s, events, errors, dead
+    letters)."""
     errors, events, dead = 0, 0, 0
     loop = asyncio.get_running_loop()
     queue = iter(bodies)
@@ -236,7 +243,7 @@ async def _batches(url: str, bodies: list[bytes], size: int, clients: int, secon
     await asyncio.gather(*(worker() for _ in range(clients)))
     rate = events / (loop.time() - started)
     await pool.close()
-    return rate, errors, dead
+    return rate, events, errors, dead
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -331,7 +338,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--batch-events", type=int, default=100_000)
+    parser.add_argument("--batch-events", type=int, default=200_000)
     parser.add_argument("--batch-seconds", type=float, default=20.0)
     parser.add_argument(
         "--lateness",
@@ -385,7 +392,7 @@ def main() -> None:
                 server_single = _cpu_seconds(process.pid) - server_cpu
                 client_single = time.process_time() - client_cpu
                 server_cpu, client_cpu = _cpu_seconds(process.pid), time.process_time()
-                throughput, batch_errors, batch_dead = runner.run(
+                throughput, batch_events, batch_errors, batch_dead = runner.run(
                     _batches(url, batches, args.batch, args.clients, args.batch_seconds)
                 )
                 server_batch = _cpu_seconds(process.pid) - server_cpu
@@ -396,12 +403,12 @@ def main() -> None:
             code = process.wait(timeout=120)
         base = _baseline(model, tail.iloc[: args.batch * 100], args.batch, 300, explain, contrib)
         due, sent = single["due"], single["sent"]
-        batch_events = throughput * args.batch_seconds
         result = {
             "run": run + 1,
             "load_average_1min": os.getloadavg()[0],
             "cold_start_s": to_ready,
             "server_load_s": load,
+            "start_before_load_s": to_ready - load,
             "exit_code": code,
             "rate_achieved": single["achieved"],
             "requests": len(due),
@@ -416,6 +423,7 @@ def main() -> None:
             "server_cpu_ms_per_request": server_single / max(len(due), 1) * 1e3,
             "client_cpu_ms_per_request": client_single / max(len(due), 1) * 1e3,
             "batch_events_s": throughput,
+            "batch_events": batch_events,
             "batch_errors": batch_errors,
             "batch_dead_letters": batch_dead,
             "server_cpu_us_per_batch_event": server_batch / max(batch_events, 1) * 1e6,

@@ -125,7 +125,7 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
         self._unsaved = 0
-        self._last_events: dict[str, list[Any]] | None = None
+        self._last_events: list[dict[str, Any]] | None = None
         self._pending: asyncio.Queue[Pending] | None = None
         self._batcher: asyncio.Task[None] | None = None
 
@@ -263,7 +263,7 @@ class Runtime:
         self.metrics.stage_seconds.labels("score").observe(scored_at - started)
         self.metrics.coalesced.observe(len(group))
         self._unsaved += len(events)
-        self._last_events = served.schema.columns_of(group[-1].events)
+        self._last_events = group[-1].events
         self.metrics.scored(scored)
         answers, offset = [], 0
         for request in group:
@@ -304,7 +304,13 @@ class Runtime:
                 f"({_one_line(exc)})"
             ) from None
         if self._last_events is not None:
-            probe = served.live.score_many(self._last_events, remember=False, explain="none")
+            try:  # validated by the old schema: a field the new one adds is missing
+                last = served.schema.columns_of(self._last_events)
+            except (TypeError, ValueError) as exc:
+                raise ReloadRefused(
+                    f"{path}: the new model cannot read the last request's events ({exc})"
+                ) from None
+            probe = served.live.score_many(last, remember=False, explain="none")
             if probe.dead_letters:
                 raise ReloadRefused(
                     f"{path}: the new model cannot score the last request's events "
