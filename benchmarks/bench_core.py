@@ -46,7 +46,7 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 VARIANTS = {
     "exact": {"contributions": "exact"},
-    "approximate": {},
+    "approximate": {"contributions": "approximate"},
     "none": {"explain": "none"},
 }
 """Reasons for the alerting events with exact TreeSHAP (what `explain` writes by default),
