@@ -14,7 +14,7 @@ anyway, as the state refuses them as late.
 
 Checkpoints. `checkpoint()` holds the behavioural state and the remembered ids as a JSON
 header and raw numpy arrays (`artifacts.pack_arrays`, no pickle): a copy of the state's arrays
-rather than a Python object per number, some 50x faster to write than the JSON of version 1.
+rather than a Python object per number, some 35x faster to write than the JSON of version 1.
 Equal states give equal bytes. `Detector.live(state=...)` restores it, and scoring continues
 exactly as without the interruption.
 """
