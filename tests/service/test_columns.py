@@ -34,6 +34,10 @@ def test_columns_are_typed_and_times_are_utc(trained: Trained, detector: Detecto
     assert times[0] == utc.to_datetime64()
     assert times[1] == np.datetime64("2026-03-01T12:30:00.500000")
     assert columns["amount"].dtype == np.float64
+    far = schema.columns_of([{**events[0], "timestamp": events[0]["timestamp"].replace(year=3000)}])
+    assert np.isnat(far["timestamp"][0])  # beyond the scorer's clock: refused, not wrapped
+    refused = detector.live().score_many(far, remember=False).dead_letters
+    assert [letter.reason for letter in refused] == ["column 'timestamp' has a missing timestamp"]
     assert columns["account_id"] == [event["account_id"], event["account_id"]]
     live = detector.live()
     scored = live.score_many(schema.columns_of(events[:1]), remember=False, explain="none")

@@ -21,6 +21,10 @@ MAX_EVENTS = 1000
 EPOCH = datetime(1970, 1, 1)
 EPOCH_UTC = EPOCH.replace(tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+NANOSECOND_RANGE_US = 9_223_372_036_854_775
+"""Times the scorer's nanosecond clock holds (about 1677 to 2262), in microseconds either side
+of the epoch; a time beyond becomes NaT, which the scorer refuses as a missing timestamp."""
+NAT = np.iinfo(np.int64).min
 MAX_ERRORS = 20
 """Validation problems listed in one 422 answer (the first one is also the `error` line)."""
 
@@ -134,7 +138,8 @@ def _micros(value: datetime) -> int:
     """A validated time as microseconds since the epoch in UTC (naive times are UTC); integer
     arithmetic, five times faster than numpy converting the datetimes itself."""
     epoch = EPOCH if value.tzinfo is None else EPOCH_UTC
-    return (value - epoch) // MICROSECOND
+    micros = (value - epoch) // MICROSECOND
+    return micros if -NANOSECOND_RANGE_US < micros < NANOSECOND_RANGE_US else NAT
 
 
 def _request_error(error: ValidationError, many: bool) -> RequestError:
