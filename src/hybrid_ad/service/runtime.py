@@ -44,7 +44,7 @@ EXPLAIN: Explain = "all"
 CONTRIBUTIONS: Contributions = "approximate"
 """The judge's part of the reasons by default: XGBoost's path attribution, which like
 TreeSHAP sums to the margin and ranks the inputs much alike, at a fraction of its cost
-(exact TreeSHAP on every event cut batches of 100 to a tenth of the rate without reasons);
+(exact TreeSHAP on every event ran batches of 100 at a 24th of the rate without reasons);
 `?contributions=exact` gives the values `hybrid-ad score` writes."""
 
 
