@@ -37,8 +37,6 @@ MIN_BATCH = 32
 """The smallest batch that `min_steps_per_epoch` shrinks a batch to."""
 IQR_TO_SD = 1.349
 """Interquartile range of a normal distribution in standard deviations."""
-D80_TO_SD = 2.563
-"""Range of the central 80 % (10th to 90th percentile) of a normal distribution, in SDs."""
 
 
 def _mlp(widths: list[int], activation: str, dropout: float) -> nn.Sequential:
@@ -93,19 +91,16 @@ class Autoencoder(Stage):
 
         `robust`: the median and IQR / 1.349 (a normal input's standard deviation), which a
         heavy tail does not inflate. Where the IQR is 0 (a spike at one value, a flag set on
-        under a quarter of the events) the central 80 %'s range / 2.563, where that is 0 too
-        the standard deviation (a rare flag), and 1 for a constant. `as_features`: unchanged.
-        """
+        under a quarter of the events) the standard deviation, and 1 for a constant.
+        `as_features`: unchanged."""
         values = np.asarray(train, dtype=np.float64)
         n_inputs = values.shape[1]
         if self.config.input_scaling == "as_features" or len(values) == 0:
             self.centre_, self.spread_, self.clip_ = np.zeros(n_inputs), np.ones(n_inputs), None
             return self
-        q10, q25, centre, q75, q90 = np.percentile(values, [10, 25, 50, 75, 90], axis=0)
-        spread = 1.0
-        # later candidates win where they are > 0: the IQR, else the central 80 %, else the SD
-        for candidate in (values.std(axis=0), (q90 - q10) / D80_TO_SD, (q75 - q25) / IQR_TO_SD):
-            spread = np.where(candidate > 0, candidate, spread)
+        q25, centre, q75 = np.percentile(values, [25, 50, 75], axis=0)
+        iqr_spread, sd = (q75 - q25) / IQR_TO_SD, values.std(axis=0)
+        spread = np.where(iqr_spread > 0, iqr_spread, np.where(sd > 0, sd, 1.0))
         self.centre_, self.spread_, self.clip_ = centre, spread, self.config.input_clip
         return self
 
