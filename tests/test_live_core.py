@@ -38,11 +38,18 @@ def in_chunks(live, events: pd.DataFrame, size: int, **options) -> pd.DataFrame:
     return pd.concat(parts)
 
 
-@pytest.mark.parametrize("size", [1, 7, 500])
-def test_score_many_in_micro_batches_equals_batch_score(fitted, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "contributions"),
+    [(1, "approximate"), (7, "approximate"), (500, "approximate"), (7, "exact")],
+)
+def test_score_many_in_micro_batches_equals_batch_score(
+    fitted, size: int, contributions: str
+) -> None:
     detector, history, events = fitted
-    batch = detector.score(events, history=history).join(detector.explain(events, history=history))
-    streamed = in_chunks(detector.live(history=history), events, size, explain="all")
+    reasons = detector.explain(events, history=history, contributions=contributions)
+    batch = detector.score(events, history=history).join(reasons)
+    live = detector.live(history=history)
+    streamed = in_chunks(live, events, size, explain="all", contributions=contributions)
     assert list(streamed.columns) == list(SCORE_COLUMNS)
     np.testing.assert_allclose(streamed["score"], batch["score"], rtol=0, atol=1e-9)
     assert streamed["alert"].tolist() == batch["alert"].tolist()

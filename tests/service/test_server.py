@@ -26,7 +26,7 @@ def _batch_scores(trained: Trained, tmp_path: Path) -> pd.DataFrame:
     result = CliRunner().invoke(
         app,
         ["score", "--model", str(trained.model), "--input", str(trained.events_path),
-         "--output", str(output), "--quiet"],
+         "--output", str(output), "--contributions", "approximate", "--quiet"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return pd.read_parquet(output)

@@ -23,7 +23,7 @@ import pandas as pd
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.core.scoring import readable_input, score_prepared
+from hybrid_ad.core.scoring import Contributions, readable_input, score_prepared
 from hybrid_ad.data import EVENT_SECONDS, Columns, check_training_range, event_ids
 from hybrid_ad.errors import ArtifactError, InputError, NotFittedError
 from hybrid_ad.evaluation import choose_threshold
@@ -305,16 +305,22 @@ class Detector:
         return result
 
     def explain(
-        self, frame: Events, source: str = "input", history: Events | None = None
+        self,
+        frame: Events,
+        source: str = "input",
+        history: Events | None = None,
+        contributions: Contributions = "exact",
     ) -> pd.DataFrame:
         """Why each event scored as it did: one JSON `reasons` string per event, in input order.
 
         The rules that fired with their reasons; the judge's top contributions (XGBoost
         `pred_contribs`: input, its value, signed contribution to the log-odds, which with
-        the bias sum to the margin); the autoencoder's worst-reconstructed inputs.
+        the bias sum to the margin; exact TreeSHAP, or `contributions="approximate"`: Saabas
+        path attribution, what the live path gives by default); the autoencoder's
+        worst-reconstructed inputs.
         """
         events = self._events(frame, source, history=history)
-        reasons = score_prepared(self, events, explain="all").reasons
+        reasons = score_prepared(self, events, explain="all", contributions=contributions).reasons
         return pd.DataFrame({"reasons": reasons}, index=events.index)
 
     def monitored(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from hybrid_ad.data import Columns
+from hybrid_ad.errors import InputError
 
 if TYPE_CHECKING:
     from hybrid_ad.core.detector import Detector, StageOutputs
@@ -23,8 +24,17 @@ Explain = Literal["all", "alerts", "none"]
 """Which events get their `reasons`: every one, the alerting ones, or none."""
 Contributions = Literal["exact", "approximate"]
 """How the judge's part of the reasons is computed: exact TreeSHAP (what `Detector.explain`
-writes), or XGBoost's approximate path attribution, about 25x cheaper per explained event."""
+writes by default), or approximate path attribution (Saabas, XGBoost's `approx_contribs`,
+compiled in `hybrid_ad.stages.saabas`; the live path's default), some 100x cheaper per
+explained event. Both sum with the bias to the margin."""
 REASONS_PER_STAGE = 3
+
+
+def check_contributions(value: str, flag: str = "--contributions") -> Contributions:
+    """A `Contributions` from a flag's text; anything else is a one-line InputError."""
+    if value not in ("exact", "approximate"):
+        raise InputError(f"{flag}: expected exact or approximate, got {value!r}")
+    return "exact" if value == "exact" else "approximate"
 
 
 @dataclass(frozen=True)

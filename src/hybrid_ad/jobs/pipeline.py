@@ -24,6 +24,7 @@ from hybrid_ad.artifacts import (
 )
 from hybrid_ad.config import Config
 from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.scoring import Contributions
 from hybrid_ad.data import (
     EVENT_ID,
     EVENT_SECONDS,
@@ -319,9 +320,14 @@ def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_file(
-    model_dir: Path, input_path: Path, output_path: Path, progress: ProgressReporter
+    model_dir: Path,
+    input_path: Path,
+    output_path: Path,
+    progress: ProgressReporter,
+    contributions: Contributions = "exact",
 ) -> int:
     """Batch-score a file with a saved model; returns the number of events scored.
+    `contributions`: how the reasons' judge part is computed (`hybrid_ad.core.scoring`).
 
     The file is its own behavioural history: features are computed over all of it once, then
     the models score it in chunks.
@@ -341,7 +347,8 @@ def score_file(
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
-            parts.append(detector.score(chunk).join(detector.explain(chunk)))
+            reasons = detector.explain(chunk, contributions=contributions)
+            parts.append(detector.score(chunk).join(reasons))
             advance(start + len(chunk), "")
     scored = pd.concat(parts)
     scored.insert(0, EVENT_ID, ids.to_numpy())

@@ -36,6 +36,7 @@ import pandas as pd
 
 from hybrid_ad.artifacts import MANIFEST, MANIFEST_SHA256
 from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.scoring import Contributions
 from hybrid_ad.data import EVENT_ID
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stream.checkpoint import Checkpoint, load_checkpoint
@@ -74,6 +75,8 @@ class StreamOptions:
     until_idle: float | None = None
     lease: float = 10.0
     log_every: float = 10.0
+    contributions: Contributions = "approximate"
+    """How the alerts' reasons weigh the judge's inputs (`hybrid_ad.core.scoring`)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch <= 100_000:
@@ -421,7 +424,9 @@ class StreamProcessor:
         if accepted:
             assert self.fields is not None
             columns = {name: [fields.get(name) for _, fields in accepted] for name in self.fields}
-            scored = self.live.score_many(columns, explain="alerts")
+            scored = self.live.score_many(
+                columns, explain="alerts", contributions=self.options.contributions
+            )
             for letter in scored.dead_letters:
                 assert letter.position is not None
                 entry_id, fields = accepted[letter.position]
