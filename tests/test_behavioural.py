@@ -268,6 +268,22 @@ def test_distinct_checkpoint_keeps_values_and_refuses_damage() -> None:
         FeatureState.from_dict(document)
 
 
+@settings(max_examples=40, deadline=None)
+@given(frame=streams(), cut=st.floats(0.0, 1.0))
+def test_describe_of_distinct_counts_changes_nothing(frame: pd.DataFrame, cut: float) -> None:
+    split = int(len(frame) * cut)
+    state = FeatureState(DISTINCT)
+    state.update_many(frame.iloc[:split])
+    before = state.to_dict()
+    described = state.describe(frame.iloc[split:])
+    assert state.to_dict() == before
+    updated = [state.update(event) for event in frame.iloc[split:].to_dict("records")]
+    if updated:  # each event described alone equals its update on the state before it
+        first = FeatureState.from_dict(before).describe(frame.iloc[split : split + 1])
+        assert first.iloc[0].tolist() == list(updated[0].values())
+    assert len(described) == len(frame) - split
+
+
 def test_a_version_3_state_without_distinct_counts_still_loads() -> None:
     state = FeatureState(CONFIGS[0], "label")
     frame = frame_of([0, 5, 30, 31, 80], customers=list("aabaa"))
