@@ -179,6 +179,8 @@ class FeatureState:
         self._d_header = np.zeros((0, len(specs), distinct.D_WIDTH))
         self._d_heap = np.zeros((_MIN_HEAP_ROWS if specs else 0, 2))
         self._d_used = np.zeros(2, np.int64)
+        self._d_one = np.zeros((1, len(self._d_columns)), np.int64)  # `update`'s codes, reused
+        self._d_one_accepted = np.zeros(1, np.bool_)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -223,10 +225,11 @@ class FeatureState:
             one.out, one.status, one.late_at,
         )  # fmt: skip
         if len(self._d_column_at):
-            codes = np.array(
-                [[self._code(c, entity[at]) for c, at in enumerate(self._d_positions)]], np.int64
-            )
-            accepted = one.status == kernel.ACCEPTED
+            codes = self._d_one
+            for c, at in enumerate(self._d_positions):
+                codes[0, c] = self._code(c, entity[at])
+            accepted = self._d_one_accepted
+            accepted[0] = one.status[0] == kernel.ACCEPTED
             self._run_distinct(one.times, one.slots, codes, accepted, one.learn, one.out)
         self._release_unused(new)
         if one.status[0] == kernel.LATE:
