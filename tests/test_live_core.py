@@ -261,8 +261,9 @@ def test_distinct_counts_score_live_as_in_batch_and_survive_a_checkpoint() -> No
         assert streamed["rules_hit"].tolist() == batch["rules_hit"].tolist()
     first = detector.live(history=history)
     head = first.score_many(events.iloc[:60]).scores
-    document = json.loads(first.checkpoint())
-    assert any("distinct" in slot for _, slot in document["state"]["entities"][0])
+    document, _ = unpack_arrays(first.checkpoint())
+    tables = document["state"]["distinct"][0]  # the customers' terminal and period tables
+    assert len(tables) == len(document["state"]["keys"][0]) and any(t[0] for t in tables)
     tail = detector.live(state=first.checkpoint()).score_many(events.iloc[60:]).scores
     np.testing.assert_allclose(
         pd.concat([head, tail])["score"].to_numpy(), batch["score"].to_numpy(), rtol=0, atol=1e-9

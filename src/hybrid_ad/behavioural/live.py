@@ -402,6 +402,10 @@ class FeatureState:
         starts = np.cumsum(lengths) - lengths
         rows = np.repeat(offsets - starts, lengths) + np.arange(int(lengths.sum()))
         document = {**self._document(), "keys": keys}
+        if any(any(own) for own in self.feature_plan.key_distinct):
+            document["distinct"] = [
+                [self._slot_tables(slot) for slot in table.values()] for table in self._tables
+            ]
         return document, {"headers": headers, "events": self._heap[rows]}
 
     @classmethod
@@ -424,12 +428,18 @@ class FeatureState:
                 raise ValueError("buffer lengths do not match the buffered events")
             ends = np.cumsum(lengths)
             widths = [len(key) for key in state.feature_plan.keys] or [1]
+            keys = document["keys"]
+            tables = document.get("distinct") or [[None] * len(items) for items in keys]
+            if len(tables) != len(keys):
+                raise ValueError("distinct tables do not match the entity keys")
             row = 0
-            for index, (items, width) in enumerate(zip(document["keys"], widths, strict=True)):
-                for value in items:
+            for index, (items, width) in enumerate(zip(keys, widths, strict=True)):
+                for value, saved in zip(items, tables[index], strict=True):
                     key = _from_json_key(value, width)
                     start = int(ends[row] - lengths[row])
-                    state._restore_slot(index, key, headers[row].copy(), events[start : ends[row]])
+                    state._restore_slot(
+                        index, key, headers[row].copy(), events[start : ends[row]], saved
+                    )
                     row += 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
@@ -704,12 +714,17 @@ class FeatureState:
             "header": [_json_float(value) for value in header.tolist()],
             "events": self._heap[offset : offset + end - base].tolist(),
         }
+        tables = self._slot_tables(slot)
+        if tables:
+            saved["distinct"] = tables
+        return saved
+
+    def _slot_tables(self, slot: int) -> list[list[list[Any]]]:
+        """The slot's distinct-count tables, one per count its key has (none: [])."""
         owner = self._owners[slot]
         assert owner is not None
         own = self.feature_plan.key_distinct[owner[0]]
-        if any(own):
-            saved["distinct"] = [self._table_to_list(slot, s) for s, has in enumerate(own) if has]
-        return saved
+        return [self._table_to_list(slot, s) for s, has in enumerate(own) if has]
 
     def _table_to_list(self, slot: int, s: int) -> list[list[Any]]:
         """A distinct count's table as [value, last time seen] pairs (values as JSON)."""
@@ -752,10 +767,18 @@ class FeatureState:
     def _slot_from_dict(self, table: int, key: Any, saved: Mapping[str, Any]) -> None:
         header = np.array([_from_json_float(value) for value in saved["header"]], np.float64)
         events = np.array(saved["events"], np.float64).reshape(-1, self._heap.shape[1])
-        self._restore_slot(table, key, header, events)
+        self._restore_slot(table, key, header, events, saved.get("distinct"))
 
-    def _restore_slot(self, table: int, key: Any, header: np.ndarray, events: np.ndarray) -> None:
-        """Give `key` a slot holding a saved header and buffer, after checking them."""
+    def _restore_slot(
+        self,
+        table: int,
+        key: Any,
+        header: np.ndarray,
+        events: np.ndarray,
+        distinct_tables: Any = None,
+    ) -> None:
+        """Give `key` a slot holding a saved header, buffer and distinct-count tables (as
+        `_table_to_list` writes them; None for none), after checking them."""
         if events.ndim != 2 or events.shape[1] != self._heap.shape[1]:
             raise ValueError("buffered events do not match the config")
         if header.shape != (self._header.shape[1],):
@@ -783,7 +806,7 @@ class FeatureState:
         self._header[slot] = header
         self._used[0] = top + cap
         own = [s for s, has in enumerate(self.feature_plan.key_distinct[table]) if has]
-        tables = saved.get("distinct", [[] for _ in own])
+        tables = [[] for _ in own] if distinct_tables is None else distinct_tables
         if len(tables) != len(own):
             raise ValueError(f"entity {key!r}: distinct tables do not match the config")
         for s, items in zip(own, tables, strict=True):
