@@ -727,14 +727,19 @@ class FeatureState:
         return [self._table_to_list(slot, s) for s, has in enumerate(own) if has]
 
     def _table_to_list(self, slot: int, s: int) -> list[list[Any]]:
-        """A distinct count's table as [value, last time seen] pairs (values as JSON)."""
+        """A distinct count's table as [value, last time seen] pairs (values as JSON): the
+        values a window can still see, by time then value, so equal states save alike however
+        their tables were pruned."""
         h = self._d_header[slot, s]
         offset, length = int(h[distinct.D_OFFSET]), int(h[distinct.D_LEN])
-        rows = self._d_heap[offset : offset + length].tolist()
+        rows = self._d_heap[offset : offset + length]
+        rows = rows[rows[:, distinct.D_SEEN] >= h[distinct.D_LAST] - self._d_horizons[s]]
         c = int(self._d_column_at[s])
-        if c < 0:
-            return rows
-        return [[_json_key(self._d_values[c][int(code)]), seen] for code, seen in rows]
+        pairs = [
+            [code if c < 0 else _json_key(self._d_values[c][int(code)]), seen]
+            for code, seen in rows.tolist()
+        ]
+        return sorted(pairs, key=lambda pair: (pair[1], json.dumps(pair[0])))
 
     def _table_from_list(self, slot: int, s: int, items: Any, last: float) -> None:
         """Restore a table `_table_to_list` saved; values must be distinct and seen by `last`."""
