@@ -680,3 +680,11 @@ def _finite(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
     return float(value)
+
+
+def require_judge(detector: Detector, model_dir: Path) -> None:
+    """A model saved by `train-ae` alone cannot score: say which step is missing."""
+    if detector.judge_ is None:
+        raise ArtifactError(
+            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
+        )

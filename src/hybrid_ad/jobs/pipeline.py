@@ -23,7 +23,7 @@ from hybrid_ad.artifacts import (
     published_outputs,
 )
 from hybrid_ad.config import Config
-from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.detector import Detector, require_judge
 from hybrid_ad.core.scoring import Contributions
 from hybrid_ad.data import (
     EVENT_ID,
@@ -300,14 +300,6 @@ def load_trained(
             "(sha256 differs); pass the same --data"
         )
     return detector
-
-
-def require_judge(detector: Detector, model_dir: Path) -> None:
-    """A model saved by `train-ae` alone cannot score: say which step is missing."""
-    if detector.judge_ is None:
-        raise ArtifactError(
-            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
-        )
 
 
 def save_evaluated(detector: Detector, out_dir: Path, metrics: dict[str, Any]) -> None:
