@@ -84,8 +84,82 @@ def test_autoencoder_early_stopping_keeps_best_epoch() -> None:
 def test_autoencoder_rejects_corrupt_weights() -> None:
     with pytest.raises(ArtifactError, match="autoencoder.safetensors"):
         history = [{"epoch": 1, "train_loss": 1.0, "validation_loss": 1.0}]
-        metadata = {"n_inputs": 4, "seed": 0, "history": history}
+        metadata = {
+            "n_inputs": 4,
+            "seed": 0,
+            "history": history,
+            "input_centre": [0.0] * 4,
+            "input_spread": [1.0] * 4,
+            "input_clip": 5.0,
+        }
         Autoencoder.from_bytes(AutoencoderConfig(), b"not tensors", metadata)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("input_centre", [0.0] * 3, "does not have n_inputs = 4"),
+        ("input_spread", [1.0, 1.0, 0.0, 1.0], "must be positive"),
+        ("input_clip", -1.0, "must be positive"),
+        ("input_spread", [1.0, float("nan"), 1.0, 1.0], "not finite"),
+    ],
+)
+def test_autoencoder_rejects_bad_input_scaling(key: str, value: object, message: str) -> None:
+    train, validation, _ = _blobs()
+    config = AutoencoderConfig(hidden_layers=[8], latent_dim=2, max_epochs=1, threads=1)
+    model = Autoencoder(config, seed=0).fit(train[:, :4], validation[:, :4])
+    weights, meta = model.to_bytes()
+    import json
+
+    metadata = json.loads(meta) | {key: value}
+    with pytest.raises(ArtifactError, match=f"autoencoder.json: malformed .*{message}"):
+        Autoencoder.from_bytes(config, weights, metadata)
+
+
+def test_autoencoder_robust_scaling_bounds_a_heavy_tailed_input() -> None:
+    """Median / IQR units from the training rows, clipped at input_clip: one enormous value
+    in one input adds at most (2 * clip)^2 / d to the error, and the scaling round-trips."""
+    train, validation, _ = _blobs()
+    train = train.copy()
+    train[:, 0] = np.exp(3 * train[:, 0])  # heavy tail: z-scores would reach tens
+    config = AutoencoderConfig(hidden_layers=[16], latent_dim=3, max_epochs=3, threads=1)
+    model = Autoencoder(config, seed=0).fit(train, validation)
+    assert model.centre_ is not None and model.spread_ is not None
+    np.testing.assert_allclose(model.centre_, np.median(train, axis=0))
+    q1, q3 = np.percentile(train[:, 1], [25, 75])
+    assert model.spread_[1] == pytest.approx((q3 - q1) / 1.349)
+    spike = train.copy()
+    spike[:, 3] = (np.arange(len(spike)) % 20 == 0).astype(float)  # a rare flag: the SD
+    spike[:, 4] = 7.0  # constant: 1
+    spread = Autoencoder(config, seed=0).fit_scaling(spike).spread_
+    assert spread is not None
+    assert spread[3] == pytest.approx(spike[:, 3].std())
+    assert spread[4] == 1.0
+    scaled = model.scale_inputs(train)
+    assert np.abs(scaled).max() == pytest.approx(5.0)
+    huge = validation[:5].copy()
+    huge[:, 0] = 1e12
+    errors = model.input_errors(huge)
+    assert np.all(errors[:, 0] <= (2 * 5.0 + 1e-3) ** 2)
+    weights, meta = model.to_bytes()
+    import json
+
+    restored = Autoencoder.from_bytes(config, weights, json.loads(meta))
+    np.testing.assert_array_equal(
+        restored.reconstruction_error(huge), model.reconstruction_error(huge)
+    )
+    plain = AutoencoderConfig(input_scaling="as_features", max_epochs=1, threads=1)
+    unscaled = Autoencoder(plain, seed=0).fit(train, validation)
+    np.testing.assert_array_equal(unscaled.scale_inputs(train), train.astype(np.float32))
+
+
+def test_autoencoder_small_data_gets_enough_steps_per_epoch() -> None:
+    """With 1,024 per batch a 1,000-row set would take one step per epoch."""
+    model = Autoencoder(AutoencoderConfig(), seed=0)
+    assert model.batch_size(1_000) == 32
+    assert model.batch_size(10_000) == 100
+    assert model.batch_size(1_000_000) == 1024
+    assert model.batch_size(10) == 32
 
 
 def test_judge_learns_weights_imbalance_and_round_trips() -> None:

@@ -21,8 +21,9 @@ from typing import Any
 from hybrid_ad.errors import ArtifactError, InputError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
-"""2: the manifest carries its own checksum (`manifest_sha256`)."""
+FORMAT_VERSION = 3
+"""2: the manifest carries its own checksum (`manifest_sha256`); 3: autoencoder.json carries
+the autoencoder's input scaling."""
 MANIFEST_SHA256 = "manifest_sha256"
 RUNS_DIR = ".runs"
 CURRENT = ".current"

@@ -212,11 +212,32 @@ class AutoencoderConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     learning_rate: float = Field(2e-3, gt=0, le=10)
     weight_decay: float = Field(1e-5, ge=0, le=10)
-    batch_size: int = Field(1024, ge=1, le=1 << 20)
+    batch_size: int = Field(1024, ge=1, le=1 << 20, description="the largest batch")
+    min_steps_per_epoch: int = Field(
+        100,
+        ge=1,
+        le=1 << 20,
+        description="on small data batches shrink (to no fewer than 32 events) so that every "
+        "epoch takes at least this many optimiser steps",
+    )
+    input_scaling: Literal["robust", "as_features"] = Field(
+        "robust",
+        description="robust: each input centred on its training median and divided by its "
+        "IQR / 1.349, then clipped to +-input_clip, so heavy-tailed inputs cannot dominate "
+        "the loss and the score; as_features: the feature stage's z-scores unchanged",
+    )
+    input_clip: float = Field(5.0, gt=0, le=1e6, description="robust units (input_scaling: robust)")
     max_epochs: int = Field(40, ge=1, le=10_000)
     patience: int = Field(5, ge=1, le=10_000, description="epochs without validation improvement")
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
+    max_train_rows: int | None = Field(
+        None,
+        ge=1,
+        description="the network trains (and early-stops) on a seeded uniform sample of this "
+        "many of its rows when it has more (the rate is recorded in the model); null: all. "
+        "Off by default: training is bound by optimiser steps, and a sample cuts them",
+    )
     threads: int = Field(
         1, ge=1, le=MAX_THREADS, description="torch threads; small dense layers run fastest on one"
     )
@@ -295,8 +316,15 @@ class JudgeConfig(StrictModel):
         1.0,
         gt=0,
         le=1,
-        description="share of the training negatives (target < 0.5) the judge fits on, every "
-        "positive kept; its probabilities are corrected for the rate (1 = no sampling)",
+        description="share of the training events with target 0 the judge fits on, every "
+        "event with a positive target kept; its probabilities are corrected for the rate "
+        "(1 = no sampling)",
+    )
+    max_negatives: int | None = Field(
+        200_000,
+        ge=1,
+        description="at most this many target-0 events are fitted on: above it, the rate is "
+        "lowered to max_negatives / their number (recorded, corrected); null: no cap",
     )
     threads: int = Field(2, ge=1, le=MAX_THREADS)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)

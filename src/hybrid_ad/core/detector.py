@@ -13,6 +13,8 @@ import copy
 import fnmatch
 import json
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,7 @@ from hybrid_ad.errors import ArtifactError, InputError, NotFittedError
 from hybrid_ad.evaluation import choose_threshold
 from hybrid_ad.monitoring.reference import REFERENCE_FILE, DriftReference, score_columns
 from hybrid_ad.progress import QUIET, ProgressReporter
-from hybrid_ad.stages.autoencoder import Autoencoder
+from hybrid_ad.stages.autoencoder import Autoencoder, sample_rows
 from hybrid_ad.stages.features import FeatureBuilder, FeatureMatrix, PreparedEvents, prepare_events
 from hybrid_ad.stages.judge import Judge
 from hybrid_ad.stages.label_free import (
@@ -94,6 +96,29 @@ class Detector:
         self.data_sha256_: str | None = None
         self.known_labels: pd.Series | None = None
         """For `judge.label_source: mixed`: a label store's labels (0/1) by event id."""
+        self._reused: dict[int, tuple[Columns, StageOutputs]] | None = None
+
+    def release_outputs(self, frame: Events) -> None:
+        """Forget one frame's reused outputs (`reusing_outputs`) once they are not needed."""
+        events = frame.frame if isinstance(frame, PreparedEvents) else frame
+        if self._reused is not None:
+            self._reused.pop(id(events), None)
+
+    @contextmanager
+    def reusing_outputs(self) -> Iterator[None]:
+        """Within: each events frame's label-free outputs are computed once and reused. The
+        batch job fits the judge and its ablation on the same parts and then scores them:
+        without this, the features, the autoencoder and the histograms ran over the training
+        part three times and the validation part four. Frames are told apart by identity,
+        so they must not change within. Nested uses share the outer one's."""
+        if self._reused is not None:
+            yield
+            return
+        self._reused = {}
+        try:
+            yield
+        finally:
+            self._reused = None
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -109,38 +134,45 @@ class Detector:
     def fit_unsupervised(self, frame: Events, validation: Events) -> Detector:
         """Fit scaler, rules, autoencoder and histogram detector. Never reads the label column."""
         self.feature_columns_ = None
-        train = self._events(frame, "training data")
+        events = self._events(frame, "training data")
         behavioural = self.config.features.behavioural
         check_training_range(
-            train,
+            events,
             [*(self.feature_columns_ or []), *(behavioural.values if behavioural else [])],
             frame.source if isinstance(frame, PreparedEvents) else "training data",
         )
-        train = self._unlabelled(train)
+        train = self._unlabelled(events)
         held_out = self._unlabelled(self._events(validation, "validation data", history=frame))
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
+        self._reused = {} if self._reused is not None else None  # the stages change
         train_features = self.features_.transform(train)
-        held_out_features = self.features_.transform(held_out)
         self.autoencoder_inputs_ = self._select_autoencoder_inputs(train_features.scaled_names)
         columns = self.autoencoder_inputs_
-        train_rules = self.rules_.evaluate(train)
         if self.config.autoencoder.train_on == "rule_normal":
-            train_rows = ~train_rules.pseudo_label
+            train_rows = ~self.rules_.evaluate(train).pseudo_label
             held_out_rows = ~self.rules_.evaluate(held_out).pseudo_label
         else:
             train_rows = np.ones(len(train), dtype=bool)
             held_out_rows = np.ones(len(held_out), dtype=bool)
         autoencoder = Autoencoder(self.config.autoencoder, seed=self.config.seed)
+        rate = autoencoder.training_share(int(train_rows.sum()))
+        seed = self.config.seed
+        train_inputs = train_features.scaled[sample_rows(train_rows, rate, [seed, 1])][:, columns]
+        held_out_at = sample_rows(held_out_rows, rate, [seed, 2])
+        held_out_inputs = self.features_.transform(held_out).scaled[held_out_at][:, columns]
         with self.progress.task("autoencoder", self.config.autoencoder.max_epochs) as advance:
             autoencoder.fit(
-                train_features.scaled[train_rows][:, columns],
-                held_out_features.scaled[held_out_rows][:, columns],
+                train_inputs,
+                held_out_inputs,
                 on_epoch=lambda epoch, loss, val: advance(epoch, f"val loss {val:.4f}"),
+                sample_rate=rate,
             )
+        del train_inputs, held_out_inputs
         self.autoencoder_ = autoencoder
         self.histogram_ = HistogramDetector().fit(train_features.scaled)
-        outputs = self._outputs(train)
+        del train_features
+        outputs = self._outputs(events)  # fit_judge takes them from here
         self.tail_scales_ = {name: TailScale().fit(outputs.signal(name)) for name in SIGNALS}
         self.judge_ = None
         return self
@@ -193,10 +225,15 @@ class Detector:
             self.config.evaluation,
             held_out[label].to_numpy(np.int8) if truth and label is not None else None,
         )
-        self.drift_reference_ = DriftReference.fit(
-            pd.DataFrame(inputs, columns=names),
-            pd.DataFrame(held_out_inputs, columns=names),
-            score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
+        # the ablation is an evaluation aid, never saved or monitored: no drift reference
+        self.drift_reference_ = (
+            DriftReference.fit(
+                pd.DataFrame(inputs, columns=names, copy=False),  # views, not 0.6 GiB of copies
+                pd.DataFrame(held_out_inputs, columns=names, copy=False),
+                score_columns(self._stage_scores(held_out_outputs, held_out_scores)),
+            )
+            if use_autoencoder
+            else None
         )
         return self
 
@@ -409,11 +446,19 @@ class Detector:
     def _outputs(self, events: Columns) -> StageOutputs:
         self._require_unsupervised()
         assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
+        reused = None if self._reused is None else self._reused.get(id(events))
+        if reused is not None and reused[0] is events:
+            return reused[1]
         unlabelled = self._unlabelled(events)
         features = self.features_.transform(unlabelled)
         error, embedding = self.autoencoder_.transform(features.scaled[:, self.autoencoder_inputs_])
         histogram = self.histogram_.decision_function(features.scaled)
-        return StageOutputs(features, self.rules_.evaluate(unlabelled), error, embedding, histogram)
+        outputs = StageOutputs(
+            features, self.rules_.evaluate(unlabelled), error, embedding, histogram
+        )
+        if self._reused is not None:
+            self._reused[id(events)] = (events, outputs)
+        return outputs
 
     def _unlabelled(self, events: Columns) -> Columns:
         """The events without the label and kind columns: label-free stages cannot read them."""
@@ -454,8 +499,18 @@ class Detector:
             "autoencoder_best_validation_loss": min(h["validation_loss"] for h in history),
             "judge_best_round": self._fitted_judge().best_round,
             "judge_scale_pos_weight": self._fitted_judge().scale_pos_weight_,
+            **self.sampling(),
             "prior_weights": self.prior_weights_,
         }
+
+    def sampling(self) -> dict[str, float]:
+        """The shares of their candidate rows the models were fitted on (1: all): the
+        autoencoder's of its normal-looking rows, the judge's of its target-0 events."""
+        assert self.autoencoder_ is not None
+        rates = {"autoencoder_sample_rate": self.autoencoder_.sample_rate_}
+        if self.judge_ is not None:
+            rates["judge_negative_rate"] = self.judge_.sample_rate_
+        return rates
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -565,6 +620,7 @@ class Detector:
             "config": config_to_dict(self.config),
             "data_sha256": self.data_sha256_,
             "seed": self.config.seed,
+            "sampling": self.sampling(),
             "metrics": metrics,
         }
         if lineage is not None:

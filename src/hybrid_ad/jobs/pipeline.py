@@ -142,11 +142,16 @@ def evaluate_step(
     label = config.data.label
     if label is None or label not in data.split.test.columns:
         raise InputError(f"{data.path}: evaluation needs the label column (data.label)")
-    with timer.step("fit_ablation"):
-        ablation = detector.without_autoencoder_inputs(data.part("train"), data.part("validation"))
-    with timer.step("score"):
-        validation_scores = _stage_scores(detector, ablation, data.part("validation"))
-        test_scores = _stage_scores(detector, ablation, data.part("test"))
+    with detector.reusing_outputs():  # the ablation's label-free stages are the detector's
+        with timer.step("fit_ablation"):
+            ablation = detector.without_autoencoder_inputs(
+                data.part("train"), data.part("validation")
+            )
+        detector.release_outputs(data.part("train"))  # the training part is done with
+        with timer.step("score"):
+            validation_scores = _stage_scores(detector, ablation, data.part("validation"))
+            test_scores = _stage_scores(detector, ablation, data.part("test"))
+    del ablation
     truth = config.judge.label_source == "truth"
     validation_labels = data.split.validation[label].to_numpy(np.int8) if truth else None
     validation_seconds = data.split.validation[EVENT_SECONDS].to_numpy()
@@ -268,12 +273,24 @@ def run(
         f"test {len(split.test):,} events"
     )
     detector = Detector(config, progress)
+    with detector.reusing_outputs():  # each part's label-free outputs computed once
+        return _fit_and_evaluate(detector, data, out_dir, timer, progress)
+
+
+def _fit_and_evaluate(
+    detector: Detector,
+    data: LoadedData,
+    out_dir: Path,
+    timer: Timer,
+    progress: ProgressReporter,
+) -> dict[str, Any] | None:
     with timer.step("fit_unsupervised"):
         detector.fit_unsupervised(data.part("train"), data.part("validation"))
     with timer.step("fit_judge"):
         detector.fit_judge(data.part("train"), data.part("validation"))
     detector.data_sha256_ = data.sha256
-    label = config.data.label
+    label = detector.config.data.label
+    split = data.split
     with published_outputs(out_dir, OUTPUTS) as stage:
         if label is None or label not in split.test.columns:
             progress.log(f"{data.path}: no label column, so evaluation is skipped; model saved")

@@ -42,6 +42,8 @@ class Judge(Stage):
         self.scale_pos_weight_: float | None = None
         self.odds_correction_ = 1.0
         """Odds factor undoing negative sampling (1 without): see `fit`."""
+        self.sample_rate_ = 1.0
+        """The share of target-0 events the trees were fitted on (`negative_rate`)."""
         self._threads: int | None = None  # what the booster is set to
         self._rounds_: tuple[int, int] | None = None
         self._flat: tuple[FlatTrees, float] | None = None  # trees and base margin, on first use
@@ -60,20 +62,26 @@ class Judge(Stage):
         """`sample_weight` (and `validation_weight`) weigh events, e.g. known labels above
         label-free targets; `auto` imbalance weighting then counts weighted events.
 
-        With `negative_sample_rate` r < 1 the trees see every positive (target >= 0.5) and a
-        seeded share r of the rest. Their odds are then spw_s / r times the data's odds where
+        The trees see every event with a positive target (with soft targets: every event in
+        the prior's top, however slightly) and a seeded share r of those with target 0: r is
+        `negative_sample_rate`, lowered to `max_negatives` / (their number) on large data
+        (`sample_rate_` records it). Their odds are then spw_s / r times the data's odds where
         the full data's fit has spw times them (spw_s, spw: the imbalance weights of the
         sample and of the full data), so predictions multiply the odds by
         `odds_correction_` = r * spw / spw_s (prior correction; 1 with `auto` weighting up to
-        the sample's noise, r with a fixed weight). Exact in expectation for 0/1 targets.
+        the sample's noise, r with a fixed weight). Exact in expectation for 0/1 targets;
+        with soft targets the kept events' (1 - target) share is not thinned, so the
+        correction is approximate, and monotone: ranks, and so every rank metric and the
+        alert budget's threshold, are those of the trees.
         """
         full_weight = self._imbalance_weight(labels, sample_weight)
-        rate = self.config.negative_sample_rate
+        rate = self.negative_rate(labels)
         if rate < 1.0:
             rng = np.random.default_rng([self.seed, 0x5A3])
-            keep = (labels >= 0.5) | (rng.random(len(labels)) < rate)
+            keep = (labels > 0) | (rng.random(len(labels)) < rate)
             inputs, labels = inputs[keep], labels[keep]
             sample_weight = None if sample_weight is None else sample_weight[keep]
+        self.sample_rate_ = rate
         self.scale_pos_weight_ = self._imbalance_weight(labels, sample_weight)
         self.odds_correction_ = rate * full_weight / self.scale_pos_weight_
         validation_has_both = 0 < validation_labels.sum() < len(validation_labels)
@@ -91,12 +99,23 @@ class Judge(Stage):
             "nthread": self.config.threads,
             "seed": self.seed,
         }
-        train = xgb.DMatrix(inputs, label=labels, weight=sample_weight, feature_names=feature_names)
-        validation = xgb.DMatrix(
+        # QuantileDMatrix: the float32 inputs binned once, straight into the histogram
+        # index (one byte a value), without the DMatrix's float copy; the validation matrix
+        # shares the training bins.
+        train = xgb.QuantileDMatrix(
+            inputs,
+            label=labels,
+            weight=sample_weight,
+            feature_names=feature_names,
+            nthread=self.config.threads,
+        )
+        validation = xgb.QuantileDMatrix(
             validation_inputs,
             label=validation_labels,
             weight=validation_weight,
             feature_names=feature_names,
+            ref=train,
+            nthread=self.config.threads,
         )
         callbacks = [_RoundProgress(on_round)] if on_round is not None else []
         self._threads, self._rounds_, self._flat = None, None, None
@@ -111,6 +130,15 @@ class Judge(Stage):
         )
         self.feature_names_ = list(feature_names)
         return self
+
+    def negative_rate(self, labels: np.ndarray) -> float:
+        """The share of target-0 events to fit on: `negative_sample_rate`, capped so that at
+        most `max_negatives` of them are kept (one budget for every dataset: past a few
+        hundred thousand normal events, more add fit time, not information)."""
+        negatives = int(np.count_nonzero(labels <= 0))
+        budget = self.config.max_negatives
+        cap = 1.0 if budget is None or negatives <= budget else budget / negatives
+        return min(self.config.negative_sample_rate, cap)
 
     def _imbalance_weight(self, labels: np.ndarray, sample_weight: np.ndarray | None) -> float:
         if sample_weight is None:

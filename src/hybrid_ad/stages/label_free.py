@@ -27,6 +27,7 @@ from hybrid_ad.errors import ArtifactError
 from hybrid_ad.stages.base import Stage, json_file, read_json_file
 
 CHUNK_ROWS = 4096
+SCORE_ROWS = 65_536
 TAIL_POINTS = 512
 """Points kept of each training score distribution: log-spaced ranks, dense in the upper tail."""
 
@@ -131,7 +132,15 @@ class HistogramDetector(Stage):
         (a test checks equality).
         """
         self.check_fitted()
-        values = np.asarray(inputs, dtype=np.float64)
+        # in chunks of rows: the float64 copy and the per-value temporaries of a million
+        # events were 4 GiB at once
+        parts = [
+            self._decision(np.asarray(inputs[start : start + SCORE_ROWS], dtype=np.float64))
+            for start in range(0, len(inputs), SCORE_ROWS)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def _decision(self, values: np.ndarray) -> np.ndarray:
         edges, log_density, rarest, low_step, high_step = self._scoring_tables()
         n_bins = log_density.shape[0]
         # np.digitize(x, edges, right=True) per feature: how many edges lie below x (in

@@ -1,0 +1,120 @@
+"""The batch job on one machine: sampled training with its rate recorded, the label-free
+outputs reused within a run, and large inputs transformed in chunks with the same numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hybrid_ad.config import config_from_dict
+from hybrid_ad.core.detector import Detector
+from hybrid_ad.data import Split, time_split, validate_events
+from hybrid_ad.stages import features as features_module
+from hybrid_ad.stages import label_free
+from hybrid_ad.stages.features import FeatureBuilder, prepare_events
+from tests.conftest import make_events, small_config_dict
+
+
+def _split(events: pd.DataFrame, config) -> Split:
+    validated, _ = validate_events(events, config.data, "events")
+    return time_split(validated, config.data.split)
+
+
+def _sampled_config():
+    return config_from_dict(
+        small_config_dict(autoencoder={"max_train_rows": 600}, judge={"max_negatives": 500})
+    )
+
+
+def test_sampling_rates_are_recorded_in_the_manifest_and_reloaded(tmp_path: Path) -> None:
+    config = _sampled_config()
+    split = _split(make_events(), config)
+    detector = Detector(config).fit(split.train, validation=split.validation)
+    rates = detector.sampling()
+    # 2,400 training events: the autoencoder sees about 600 of its normal ones, the judge
+    # 500 of its target-0 events
+    assert 0.2 < rates["autoencoder_sample_rate"] < 0.3
+    assert 0.1 < rates["judge_negative_rate"] < 0.3
+    detector.save(tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["sampling"] == rates
+    loaded = Detector.load(tmp_path / "model")
+    assert loaded.autoencoder_ is not None
+    assert loaded.autoencoder_.sample_rate_ == rates["autoencoder_sample_rate"]
+    assert loaded.judge_ is not None and loaded.judge_.odds_correction_ != 1.0
+    np.testing.assert_array_equal(
+        loaded.score(split.test)["score"], detector.score(split.test)["score"]
+    )
+    assert detector.training_summary()["judge_negative_rate"] == rates["judge_negative_rate"]
+
+
+def test_without_caps_nothing_is_sampled(config, events) -> None:
+    split = _split(events, config)
+    detector = Detector(config).fit(split.train, validation=split.validation)
+    assert detector.sampling() == {"autoencoder_sample_rate": 1.0, "judge_negative_rate": 1.0}
+    assert detector.fitted_judge().odds_correction_ == 1.0
+
+
+def test_same_seed_same_sampled_model(tmp_path: Path) -> None:
+    config = _sampled_config()
+    split = _split(make_events(), config)
+    for name in ("a", "b"):
+        Detector(config).fit(split.train, validation=split.validation).save(tmp_path / name)
+    for file in ("autoencoder.safetensors", "judge.json"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_the_judge_keeps_every_event_with_a_positive_target() -> None:
+    """Soft targets: an event slightly in the prior's top (target in (0, 0.5)) is kept, not
+    thinned with the target-0 events."""
+    from hybrid_ad.config import JudgeConfig
+    from hybrid_ad.stages.judge import Judge
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3)).astype(np.float32)
+    targets = np.clip(x[:, 0] - 1.0, 0.0, 1.0).astype(np.float32)  # ~16% positive, mostly < 0.5
+    judge = Judge(JudgeConfig(n_estimators=5, threads=1, max_negatives=1000), seed=1)
+    assert judge.negative_rate(targets) == pytest.approx(1000 / np.count_nonzero(targets == 0))
+    judge.fit(x, targets, x[:500], targets[:500], ["a", "b", "c"])
+    assert judge.sample_rate_ < 1.0
+    assert 0 < judge.odds_correction_ < 1.5
+
+
+def test_reused_outputs_give_the_same_scores_and_are_computed_once(
+    config, events, monkeypatch
+) -> None:
+    split = _split(events, config)
+    detector = Detector(config).fit(split.train, validation=split.validation)
+    test = prepare_events(split.test, config, "test")  # one frame: reuse is by identity
+    plain = detector.score(test)
+    calls = []
+    original = FeatureBuilder.transform
+    monkeypatch.setattr(
+        FeatureBuilder, "transform", lambda self, frame: calls.append(1) or original(self, frame)
+    )
+    with detector.reusing_outputs():
+        first = detector.score(test)
+        second = detector.stage_scores(test)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(first, plain)
+    np.testing.assert_array_equal(second["judge"], plain["score"].to_numpy())
+    detector.score(test)  # outside: computed again
+    assert len(calls) == 2
+
+
+def test_chunked_transforms_equal_one_pass(config, events, monkeypatch) -> None:
+    split = _split(events, config)
+    detector = Detector(config).fit(split.train, validation=split.validation)
+    assert detector.features_ is not None and detector.histogram_ is not None
+    whole = detector.features_.transform(split.test)
+    histogram = detector.histogram_.decision_function(whole.scaled)
+    monkeypatch.setattr(features_module, "TRANSFORM_ROWS", 97)
+    monkeypatch.setattr(label_free, "SCORE_ROWS", 89)
+    chunked = detector.features_.transform(split.test)
+    for name in ("scaled", "engineered", "clipped"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    np.testing.assert_array_equal(detector.histogram_.decision_function(whole.scaled), histogram)
