@@ -43,6 +43,17 @@ from hybrid_ad.stream.server import private_redis  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def machine() -> str:
+    """The commit and the load average, for the figures' context."""
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"commit {commit or '?'}, {os.cpu_count()} cores, load average {load}"
+
+
 def core_rate(detector: Detector, columns: dict[str, list[str]], batch: int) -> float:
     live = detector.live()
     n = len(next(iter(columns.values())))
@@ -66,7 +77,7 @@ def stream_rate(
         batch=batch,
         checkpoint_every=100_000,
         until_idle=0.5,
-    )
+    )  # reasons for the alerts with approximate contributions, the stream's default
     last = [0.0]
 
     def on_batch(_: StreamSummary) -> None:
@@ -87,6 +98,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"start: {machine()}", flush=True)
     detector = Detector.load(args.model)
     version = model_version(args.model)
     frame = read_table(args.events).iloc[: args.limit]
@@ -114,7 +126,8 @@ def main() -> None:
     publish, stream, core, ratio, share = (
         statistics.median(row[i] for row in rows) for i in range(5)
     )
-    print(f"\n{len(frame):,} events, batches of {args.batch}, one thread, medians of {args.runs}:")
+    print(f"\nend: {machine()}")
+    print(f"{len(frame):,} events, batches of {args.batch}, one thread, medians of {args.runs}:")
     print("| measure | value |")
     print("| --- | ---: |")
     print(f"| publish (`publish_file`, pipelines of 1,000 XADD) | {publish:,.0f} events/s |")

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow
 import pytest
 
+from hybrid_ad.artifacts import pack_arrays, unpack_arrays
 from hybrid_ad.behavioural.live import FeatureState
 from hybrid_ad.core import ScoredBatch
 from hybrid_ad.core.detector import Detector
@@ -52,11 +53,18 @@ def same_reasons(left: list[str], right: list[str]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("size", [1, 7, 500])
-def test_score_many_in_micro_batches_equals_batch_score(fitted, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "contributions"),
+    [(1, "approximate"), (7, "approximate"), (500, "approximate"), (7, "exact")],
+)
+def test_score_many_in_micro_batches_equals_batch_score(
+    fitted, size: int, contributions: str
+) -> None:
     detector, history, events = fitted
-    batch = detector.score(events, history=history).join(detector.explain(events, history=history))
-    streamed = in_chunks(detector.live(history=history), events, size, explain="all")
+    reasons = detector.explain(events, history=history, contributions=contributions)
+    batch = detector.score(events, history=history).join(reasons)
+    live = detector.live(history=history)
+    streamed = in_chunks(live, events, size, explain="all", contributions=contributions)
     assert list(streamed.columns) == list(SCORE_COLUMNS)
     np.testing.assert_allclose(streamed["score"], batch["score"], rtol=0, atol=1e-9)
     assert streamed["alert"].tolist() == batch["alert"].tolist()
@@ -174,8 +182,9 @@ def test_checkpoint_restore_continues_as_without_interruption(fitted) -> None:
     for start in (0, 40):
         first.score_many(events.iloc[start : start + 40])
     saved = first.checkpoint()
-    document = json.loads(saved)
-    assert document["format"] == "hybrid-ad.live-scorer" and document["state"]["entities"]
+    document, arrays = unpack_arrays(saved)
+    assert document["format"] == "hybrid-ad.live-scorer" and document["state"]["keys"]
+    assert len(arrays["state_headers"]) == first._state.n_entities
     restored = detector.live(state=saved)
     replay = restored.score_many(events.iloc[40:80]).scores  # redelivered: same answers
     pd.testing.assert_frame_equal(replay, expected[1])
@@ -187,13 +196,27 @@ def test_checkpoint_restore_continues_as_without_interruption(fitted) -> None:
 
 
 def test_a_damaged_checkpoint_is_one_line(fitted) -> None:
-    detector, history, _ = fitted
-    with pytest.raises(ArtifactError, match="live checkpoint: not valid JSON"):
+    detector, history, events = fitted
+    with pytest.raises(ArtifactError, match="live checkpoint: a JSON checkpoint of version 1"):
         detector.live(state=b"{not json")
-    saved = json.loads(detector.live(history=history).checkpoint())
-    saved["seen"]["features"] = "%%%"
+    live = detector.live(history=history)
+    live.score_many(events.iloc[:20])
+    saved = live.checkpoint()
+    with pytest.raises(ArtifactError, match="live checkpoint: damaged .*cut short"):
+        detector.live(state=saved[:-9])
+    with pytest.raises(ArtifactError, match="live checkpoint: damaged .*not a hybrid-ad arrays"):
+        detector.live(state=b"garbage" + saved)
+    document, arrays = unpack_arrays(saved)
     with pytest.raises(ArtifactError, match="remembered ids"):
-        detector.live(state=json.dumps(saved).encode())
+        shorter = {**arrays, "seen_times": arrays["seen_times"][:-1]}
+        detector.live(state=pack_arrays(document, shorter))
+    headers = arrays["state_headers"].copy()
+    headers[0, :] = np.nan
+    with pytest.raises(ArtifactError, match="damaged behavioural state"):
+        detector.live(state=pack_arrays(document, {**arrays, "state_headers": headers}))
+    events = arrays["state_events"][:-1]
+    with pytest.raises(ArtifactError, match="damaged behavioural state"):
+        detector.live(state=pack_arrays(document, {**arrays, "state_events": events}))
 
 
 def test_score_event_is_score_many_of_one(fitted) -> None:

@@ -182,6 +182,38 @@ def test_judge_learns_weights_imbalance_and_round_trips() -> None:
     assert restored.best_round == judge.best_round
 
 
+def test_approximate_contributions_are_xgboosts_and_sum_to_the_margin() -> None:
+    """The compiled Saabas attribution gives XGBoost's `approx_contribs` (to float32
+    rounding), missing values included, and with the bias sums to the margin; exact TreeSHAP
+    sums to it as well."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    inputs = rng.normal(size=(3000, 5)).astype(np.float32)
+    inputs[rng.random(inputs.shape) < 0.05] = np.nan
+    signal = np.nan_to_num(inputs[:, 0]) + np.nan_to_num(inputs[:, 1]) * np.nan_to_num(inputs[:, 2])
+    labels = (signal + 0.3 * rng.normal(size=3000) > 1.8).astype(np.int8)
+    config = JudgeConfig(n_estimators=80, early_stopping_rounds=10, max_depth=5, threads=1)
+    judge = Judge(config, seed=2).fit(
+        inputs[:2000], labels[:2000], inputs[2000:], labels[2000:], list("abcde")
+    )
+    test = inputs[2000:]
+    approximate = judge.contributions(test, 1, approximate=True)
+    booster = judge.booster_
+    assert booster is not None
+    matrix = xgb.DMatrix(test, feature_names=list("abcde"))
+    theirs = booster.predict(
+        matrix, pred_contribs=True, approx_contribs=True, iteration_range=(0, judge.best_round)
+    )
+    np.testing.assert_allclose(approximate, theirs, rtol=0, atol=1e-5)
+    assert np.abs(approximate[:, :-1]).sum() > 0
+    np.testing.assert_allclose(approximate.sum(axis=1), judge.margin(test), rtol=0, atol=1e-5)
+    exact = judge.contributions(test, 1)
+    np.testing.assert_allclose(exact.sum(axis=1), judge.margin(test), rtol=0, atol=1e-4)
+    one = np.concatenate([judge.contributions(test[i : i + 1], 1, True) for i in range(50)])
+    np.testing.assert_array_equal(one, approximate[:50])  # row by row as in a batch
+
+
 def test_judge_refuses_single_class_labels() -> None:
     inputs = np.zeros((10, 2), dtype=np.float32)
     with pytest.raises(InputError, match="only one class"):

@@ -304,3 +304,68 @@ def _replace_link(path: Path, target: str) -> None:
         _remove_path(retired)
     else:
         os.replace(temp, path)
+
+
+ARRAYS_MAGIC = b"hybrid-ad.arrays/1\n"
+"""The first line of `pack_arrays`' bytes."""
+_ARRAY_DTYPES = {"<f8": "<f8", "<i8": "<i8", "|u1": "|u1", "|b1": "|b1"}
+
+
+def pack_arrays(meta: dict[str, Any], arrays: dict[str, Any]) -> bytes:
+    """A JSON header and numpy arrays as one byte string, without pickle: the magic line, a
+    JSON line (`meta` and each array's name, dtype and shape), then the arrays' raw bytes in
+    that order (little-endian, C order). The same content gives the same bytes, and writing a
+    large state costs a copy rather than a Python object per number (`unpack_arrays`)."""
+    import numpy as np
+
+    parts, layout = [], []
+    for name, values in arrays.items():
+        array = np.ascontiguousarray(values)
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if dtype.str not in _ARRAY_DTYPES:
+            raise ValueError(f"pack_arrays: {name} has dtype {array.dtype}, not a plain number")
+        array = array.astype(dtype, copy=False)
+        layout.append([name, dtype.str, list(array.shape)])
+        parts.append(array.tobytes())
+    header = json.dumps({"meta": meta, "arrays": layout}, allow_nan=False, separators=(",", ":"))
+    return b"".join([ARRAYS_MAGIC, header.encode("utf-8"), b"\n", *parts])
+
+
+def unpack_arrays(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What `pack_arrays` packed: (meta, arrays by name, read-only views of `data`); damaged or
+    foreign bytes are a ValueError naming what is wrong."""
+    import numpy as np
+
+    if not data.startswith(ARRAYS_MAGIC):
+        raise ValueError("not a hybrid-ad arrays document")
+    end = data.find(b"\n", len(ARRAYS_MAGIC))
+    if end < 0:
+        raise ValueError("no header line")
+    try:
+        header = json.loads(data[len(ARRAYS_MAGIC) : end])
+        meta, layout = header["meta"], header["arrays"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError("malformed header line") from None
+    if not isinstance(meta, dict) or not isinstance(layout, list):
+        raise ValueError("malformed header line")
+    arrays: dict[str, Any] = {}
+    at = end + 1
+    for item in layout:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or item[1] not in _ARRAY_DTYPES
+            or not isinstance(item[2], list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in item[2])
+        ):
+            raise ValueError(f"malformed array entry {item!r}")
+        name, dtype, shape = str(item[0]), np.dtype(item[1]), tuple(item[2])
+        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if at + size > len(data):
+            raise ValueError(f"array {name} is cut short")
+        arrays[name] = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=at)
+        arrays[name] = arrays[name].reshape(shape)
+        at += size
+    if at != len(data):
+        raise ValueError(f"{len(data) - at} bytes after the last array")
+    return meta, arrays

@@ -214,17 +214,28 @@ def score(
     quiet: QuietOption = False,
     engine: spark_cli.EngineOption = "local",
     master: spark_cli.MasterOption = "local[2]",
+    contributions: Annotated[
+        str,
+        typer.Option(
+            "--contributions",
+            help="Reasons' judge part: exact (TreeSHAP) or approximate (Saabas, as live).",
+        ),
+    ] = "exact",
 ) -> None:
     """Score events with a saved model: one output row per input row, in input order
     (--engine spark: a Parquet folder, see docs/spark.md)."""
+    from hybrid_ad.core.scoring import check_contributions
     from hybrid_ad.jobs import pipeline
 
     spark_cli.check_engine(engine)
+    method = check_contributions(contributions)
+    if engine == "spark" and method != "exact":
+        raise InputError("--contributions approximate: only with --engine local")
     progress = ProgressReporter(enabled=not quiet)
     if engine == "spark":
         rows = spark_cli.score_spark(model, input, output, master)
     else:
-        rows = pipeline.score_file(model, input, output, progress)
+        rows = pipeline.score_file(model, input, output, progress, method)
     progress.log(f"scored {rows:,} events -> {output}")
 
 

@@ -435,14 +435,14 @@ def derived_event_ids(
         return [
             sha256(rows[at : at + width]).hexdigest()[:digits] for at in range(0, n * width, width)
         ]
-    tails = [
-        "".join(f"{len(text)}:{text}," for text in texts).encode()
-        for texts in zip(*keys, strict=True)
-    ]
-    return [
-        sha256(rows[row * width : (row + 1) * width].tobytes() + tail).hexdigest()[:digits]
-        for row, tail in enumerate(tails)
-    ]
+    parts = [[f"{len(text)}:{text}," for text in texts] for texts in keys]  # key by key
+    tails = ["".join(texts).encode() for texts in zip(*parts, strict=True)]
+    ids = []
+    for row, tail in enumerate(tails):  # the row's bytes hashed in place, then its keys
+        digest = sha256(rows[row * width : (row + 1) * width])
+        digest.update(tail)
+        ids.append(digest.hexdigest()[:digits])
+    return ids
 
 
 def _configured_ids(frame: pd.DataFrame, column: str, source: str) -> pd.Series:

@@ -21,15 +21,20 @@ from hybrid_ad.service.app import MAX_BODY_BYTES
 from .conftest import TOKEN, Trained, as_json
 
 
-def _batch_scores(trained: Trained, tmp_path: Path) -> pd.DataFrame:
-    output = tmp_path / "scored.parquet"
+def _batch_scores(trained: Trained, tmp_path: Path, contributions: str) -> pd.DataFrame:
+    output = tmp_path / f"scored_{contributions}.parquet"
     result = CliRunner().invoke(
         app,
         ["score", "--model", str(trained.model), "--input", str(trained.events_path),
-         "--output", str(output), "--quiet"],
+         "--output", str(output), "--contributions", contributions, "--quiet"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return pd.read_parquet(output)
+
+
+EXACT = {"reasons": "all", "contributions": "exact"}
+"""The reasons `hybrid-ad score` writes by default: every event, TreeSHAP (the service's
+default is every event with approximate contributions, `score --contributions approximate`)."""
 
 
 def _assert_same(answers: list[dict], expected: pd.DataFrame) -> None:
@@ -43,7 +48,8 @@ def _assert_same(answers: list[dict], expected: pd.DataFrame) -> None:
 def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     trained: Trained, serve, tmp_path: Path
 ) -> None:
-    expected = _batch_scores(trained, tmp_path)
+    cheap = _batch_scores(trained, tmp_path, "approximate")
+    exact = _batch_scores(trained, tmp_path, "exact")
     events = as_json(trained.events)
     state = tmp_path / "state"
     args = ("--model", str(trained.model), "--state", str(state))
@@ -63,15 +69,15 @@ def test_scores_equal_batch_score_across_a_restart_and_a_redelivery(
     lines = clash.finish().strip().splitlines()
     assert len(lines) == 1 and "in use by hybrid-ad serve pid" in lines[0], lines
     with second.client(None) as client:
-        again = client.post(
-            "/v1/score", json=events[119]
-        ).json()  # redelivered: not counted  # redelivered: not counted
+        again = client.post("/v1/score", json=events[119]).json()  # redelivered: not counted
         for start in range(120, len(events), 60):
-            answers += client.post("/v1/score", json=events[start : start + 60]).json()
+            batch = events[start : start + 60]
+            answers += client.post("/v1/score", json=batch, params=EXACT).json()
     assert second.stop() == 0
     assert again["event_id"] == answers[119]["event_id"]
     assert all(a["model_version"] == version for a in answers)
-    _assert_same(answers, expected)
+    _assert_same(answers[:120], cheap.iloc[:120])  # the default reasons, then exact ones
+    _assert_same(answers[120:], exact.iloc[120:])
 
 
 def test_validation_limits_and_auth(trained: Trained, serve) -> None:
@@ -108,6 +114,16 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         ok = client.post("/v1/score", json=[event, {**event, "extra_field": 1}])
         assert ok.status_code == 200 and len(ok.json()) == 2
         assert set(ok.json()[0]["reasons"]) == {"rules", "judge", "autoencoder"}
+        exact = client.post("/v1/score", params={"contributions": "exact"}, json=event).json()
+        cheap = ok.json()[0]["reasons"]  # the default: approximate contributions
+        assert cheap["rules"] == exact["reasons"]["rules"]
+        assert cheap["autoencoder"] == exact["reasons"]["autoencoder"]
+        assert len(cheap["judge"]) == len(exact["reasons"]["judge"]) == 3
+        assert ok.json()[0]["score"] == exact["score"]
+        bogus = client.post("/v1/score", params={"contributions": "shap"}, json=event)
+        assert bogus.status_code == 422
+        refusal = "contributions: expected one of approximate, exact, got 'shap'"
+        assert bogus.json()["error"] == refusal
         quick = client.post("/v1/score", params={"reasons": "none"}, json=event).json()
         assert quick["reasons"] is None and quick["event_id"] == ok.json()[0]["event_id"]
         unknown = client.post("/v1/score", params={"reasons": "some"}, json=event)
@@ -124,7 +140,9 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         metrics = client.get("/metrics").text
         assert 'hybrid_ad_request_seconds_count{endpoint="/v1/score",status="422"}' in metrics
         assert 'hybrid_ad_stage_seconds_count{stage="score"}' in metrics
-        assert "hybrid_ad_events_scored_total 202.0" in metrics
+        assert "hybrid_ad_events_scored_total 203.0" in metrics
+        assert "hybrid_ad_score_count 203.0" in metrics
+        assert 'hybrid_ad_score_bucket{le="+Inf"} 203.0' in metrics
         assert 'hybrid_ad_drift_psi{column="score:judge"}' in metrics
         assert "hybrid_ad_score_bucket" in metrics and "hybrid_ad_alerts_total" in metrics
     assert server.stop() == 0

@@ -53,6 +53,8 @@ def test_stream_scores_equal_batch_score(
         str(events),
         "--output",
         str(tmp_path / "s.parquet"),
+        "--contributions",
+        "approximate",  # the stream's default
     )
     batch = pd.read_parquet(tmp_path / "s.parquet")
     scores = pd.DataFrame(read_stream(client, "ev.scores"))

@@ -291,6 +291,16 @@ class FeatureState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state; floats round-trip exactly, so features continue bit for bit."""
         return {
+            **self._document(),
+            "entities": [
+                [[_json_key(key), self._slot_to_dict(slot)] for key, slot in table.items()]
+                for table in self._tables
+            ],
+        }
+
+    def _document(self) -> dict[str, Any]:
+        """The state less its entities: what `to_dict` and `to_arrays` both hold."""
+        return {
             "format": self.FORMAT,
             "version": self.VERSION,
             "config": self.config.model_dump(mode="json"),
@@ -299,10 +309,6 @@ class FeatureState:
             "watermark": _json_float(self.watermark),
             "next_sweep": _json_float(self._next_sweep),
             "evicted": self.evicted,
-            "entities": [
-                [[_json_key(key), self._slot_to_dict(slot)] for key, slot in table.items()]
-                for table in self._tables
-            ],
         }
 
     @classmethod
@@ -325,6 +331,57 @@ class FeatureState:
             for index, (items, width) in enumerate(zip(data["entities"], widths, strict=True)):
                 for value, saved in items:
                     state._slot_from_dict(index, _from_json_key(value, width), saved)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
+        return state
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What `to_dict` holds, as a small JSON-ready document (config, entity keys) and two
+        arrays: every entity's header and its buffered events, one after the other in the
+        order of the keys. Where entities live in memory is not in it, so equal states give
+        equal arrays; a checkpoint writes them as raw bytes (`from_arrays`)."""
+        keys: list[list[Any]] = []
+        slots: list[int] = []
+        for table in self._tables:
+            keys.append([key if type(key) is str else _json_key(key) for key in table])
+            slots += table.values()
+        at = np.array(slots, np.int64)
+        headers = self._header[at].copy()
+        offsets = headers[:, kernel.OFFSET].astype(np.int64)
+        lengths = (headers[:, kernel.END] - headers[:, kernel.BASE]).astype(np.int64)
+        headers[:, kernel.OFFSET] = headers[:, kernel.CAP] = 0.0  # where it lives is not state
+        starts = np.cumsum(lengths) - lengths
+        rows = np.repeat(offsets - starts, lengths) + np.arange(int(lengths.sum()))
+        document = {**self._document(), "keys": keys}
+        return document, {"headers": headers, "events": self._heap[rows]}
+
+    @classmethod
+    def from_arrays(
+        cls, document: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> FeatureState:
+        """Rebuild a state saved by `to_arrays`, checked as `from_dict` checks; a foreign or
+        damaged one is an ArtifactError."""
+        state = cls.from_dict({**document, "entities": [[] for _ in document.get("keys", [])]})
+        try:
+            headers, events = arrays["headers"], arrays["events"]
+            n_keys = sum(len(keys) for keys in document["keys"])
+            if headers.ndim != 2 or len(headers) != n_keys or events.ndim != 2:
+                raise ValueError("entity headers do not match the entity keys")
+            spans = headers[:, kernel.END] - headers[:, kernel.BASE]
+            if not np.isfinite(spans).all():
+                raise ValueError("a buffer length that is not finite")
+            lengths = spans.astype(np.int64)
+            if (lengths < 0).any() or int(lengths.sum()) != len(events):
+                raise ValueError("buffer lengths do not match the buffered events")
+            ends = np.cumsum(lengths)
+            widths = [len(key) for key in state.feature_plan.keys] or [1]
+            row = 0
+            for index, (items, width) in enumerate(zip(document["keys"], widths, strict=True)):
+                for value in items:
+                    key = _from_json_key(value, width)
+                    start = int(ends[row] - lengths[row])
+                    state._restore_slot(index, key, headers[row].copy(), events[start : ends[row]])
+                    row += 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
         return state
@@ -520,6 +577,12 @@ class FeatureState:
     def _slot_from_dict(self, table: int, key: Any, saved: Mapping[str, Any]) -> None:
         header = np.array([_from_json_float(value) for value in saved["header"]], np.float64)
         events = np.array(saved["events"], np.float64).reshape(-1, self._heap.shape[1])
+        self._restore_slot(table, key, header, events)
+
+    def _restore_slot(self, table: int, key: Any, header: np.ndarray, events: np.ndarray) -> None:
+        """Give `key` a slot holding a saved header and buffer, after checking them."""
+        if events.ndim != 2 or events.shape[1] != self._heap.shape[1]:
+            raise ValueError("buffered events do not match the config")
         if header.shape != (self._header.shape[1],):
             raise ValueError("entity header does not match the config")
         if len(events) != header[kernel.END] - header[kernel.BASE] or header[kernel.FRESH]:

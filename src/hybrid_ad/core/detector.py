@@ -25,7 +25,7 @@ import pandas as pd
 import hybrid_ad
 from hybrid_ad.artifacts import read_model_dir, write_model_dir
 from hybrid_ad.config import Config, config_from_dict, config_to_dict
-from hybrid_ad.core.scoring import readable_input, score_prepared
+from hybrid_ad.core.scoring import Contributions, readable_input, score_prepared
 from hybrid_ad.data import EVENT_SECONDS, Columns, check_training_range, event_ids
 from hybrid_ad.errors import ArtifactError, InputError, NotFittedError
 from hybrid_ad.evaluation import choose_threshold
@@ -342,16 +342,22 @@ class Detector:
         return result
 
     def explain(
-        self, frame: Events, source: str = "input", history: Events | None = None
+        self,
+        frame: Events,
+        source: str = "input",
+        history: Events | None = None,
+        contributions: Contributions = "exact",
     ) -> pd.DataFrame:
         """Why each event scored as it did: one JSON `reasons` string per event, in input order.
 
         The rules that fired with their reasons; the judge's top contributions (XGBoost
         `pred_contribs`: input, its value, signed contribution to the log-odds, which with
-        the bias sum to the margin); the autoencoder's worst-reconstructed inputs.
+        the bias sum to the margin; exact TreeSHAP, or `contributions="approximate"`: Saabas
+        path attribution, what the live path gives by default); the autoencoder's
+        worst-reconstructed inputs.
         """
         events = self._events(frame, source, history=history)
-        reasons = score_prepared(self, events, explain="all").reasons
+        reasons = score_prepared(self, events, explain="all", contributions=contributions).reasons
         return pd.DataFrame({"reasons": reasons}, index=events.index)
 
     def monitored(
@@ -730,3 +736,11 @@ def _finite(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
     return float(value)
+
+
+def require_judge(detector: Detector, model_dir: Path) -> None:
+    """A model saved by `train-ae` alone cannot score: say which step is missing."""
+    if detector.judge_ is None:
+        raise ArtifactError(
+            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
+        )

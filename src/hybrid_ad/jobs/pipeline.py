@@ -23,7 +23,8 @@ from hybrid_ad.artifacts import (
     published_outputs,
 )
 from hybrid_ad.config import Config
-from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.detector import Detector, require_judge
+from hybrid_ad.core.scoring import Contributions
 from hybrid_ad.data import (
     EVENT_ID,
     EVENT_SECONDS,
@@ -318,14 +319,6 @@ def load_trained(
     return detector
 
 
-def require_judge(detector: Detector, model_dir: Path) -> None:
-    """A model saved by `train-ae` alone cannot score: say which step is missing."""
-    if detector.judge_ is None:
-        raise ArtifactError(
-            f"{model_dir}: the model has no judge yet: run train-judge (or run) first"
-        )
-
-
 def save_evaluated(detector: Detector, out_dir: Path, metrics: dict[str, Any]) -> None:
     """Record the chosen threshold and the metrics in the saved model."""
     detector.save(out_dir / MODEL_DIR, metrics=_manifest_metrics(metrics))
@@ -336,9 +329,14 @@ def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_file(
-    model_dir: Path, input_path: Path, output_path: Path, progress: ProgressReporter
+    model_dir: Path,
+    input_path: Path,
+    output_path: Path,
+    progress: ProgressReporter,
+    contributions: Contributions = "exact",
 ) -> int:
     """Batch-score a file with a saved model; returns the number of events scored.
+    `contributions`: how the reasons' judge part is computed (`hybrid_ad.core.scoring`).
 
     The file is its own behavioural history: features are computed over all of it once, then
     the models score it in chunks.
@@ -358,7 +356,8 @@ def score_file(
     with progress.task("scoring", len(events)) as advance:
         for start in range(0, len(events), SCORE_CHUNK):
             chunk = events.rows(start, start + SCORE_CHUNK)
-            parts.append(detector.score(chunk).join(detector.explain(chunk)))
+            reasons = detector.explain(chunk, contributions=contributions)
+            parts.append(detector.score(chunk).join(reasons))
             advance(start + len(chunk), "")
     scored = pd.concat(parts)
     scored.insert(0, EVENT_ID, ids.to_numpy())

@@ -29,7 +29,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hybrid_ad.errors import HybridADError, InputError
 from hybrid_ad.service.metrics import ServiceMetrics
-from hybrid_ad.service.runtime import CHECKPOINT_SECONDS, EXPLAIN, ReloadRefused, Runtime
+from hybrid_ad.service.runtime import (
+    CHECKPOINT_SECONDS,
+    CONTRIBUTIONS,
+    EXPLAIN,
+    ReloadRefused,
+    Runtime,
+)
 from hybrid_ad.service.schema import MAX_EVENTS
 from hybrid_ad.service.state import StateDir
 
@@ -43,6 +49,7 @@ so the server is not the side that closes a connection a client is about to reus
 OPEN_PATHS = ("/healthz", "/readyz")
 ADMIN_PREFIX = "/v1/admin/"
 EXPLAIN_CHOICES = ("all", "alerts", "none")
+CONTRIBUTION_CHOICES = ("approximate", "exact")
 ENDPOINTS = ("/v1/score", "/healthz", "/readyz", "/v1/model", "/metrics", "/v1/admin/reload")
 
 log = logging.getLogger("uvicorn.error")
@@ -219,8 +226,10 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
         "/v1/score",
         summary="Score one event (an object) or a batch (an array, at most 1,000)",
         description="`?reasons=all` (default) explains every event; `alerts` only the "
-        "alerting ones (the others get `reasons: null`), `none` none: the judge's TreeSHAP "
-        "contributions are the costly part of scoring.",
+        "alerting ones (the others get `reasons: null`), `none` none. "
+        "`?contributions=approximate` (default) gives the judge's part as XGBoost's path "
+        "attribution; `exact` as TreeSHAP, the values `hybrid-ad score` writes, at about "
+        "3 ms per explained event on the streaming model.",
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -259,15 +268,22 @@ def create_app(runtime: Runtime, token: str | None, on_fatal: Callable[[], None]
                 {"error": f"body over {MAX_BODY_BYTES} bytes; send at most {MAX_EVENTS} events"},
                 status_code=413,
             )
-        explain = request.query_params.get("reasons", EXPLAIN)
-        if explain not in EXPLAIN_CHOICES:
-            metrics.invalid.labels("validation").inc()
-            return JSONResponse(
-                {"error": f"reasons: expected one of all, alerts, none, got {explain!r}"},
-                status_code=422,
-            )
+        query = request.query_params
+        explain = query.get("reasons", EXPLAIN)
+        contributions = query.get("contributions", CONTRIBUTIONS)
+        for name, value, choices in (
+            ("reasons", explain, EXPLAIN_CHOICES),
+            ("contributions", contributions, CONTRIBUTION_CHOICES),
+        ):
+            if value not in choices:
+                metrics.invalid.labels("validation").inc()
+                expected = ", ".join(choices)
+                return JSONResponse(
+                    {"error": f"{name}: expected one of {expected}, got {value!r}"},
+                    status_code=422,
+                )
         try:
-            answer = await runtime.score(body, explain)
+            answer = await runtime.score(body, explain, contributions)
         except Exception as exc:  # answered here: re-raised, it would also drop the connection
             return unexpected_answer(exc)
         return Response(answer.body, status_code=answer.status, media_type="application/json")

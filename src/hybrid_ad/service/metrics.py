@@ -15,9 +15,8 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hybrid_ad.core.live import ScoredBatch
@@ -32,7 +31,7 @@ WATCHED = {
     f"{SCORE_PREFIX}histogram": "histogram_score",
     f"{SCORE_PREFIX}judge": "score",
 }
-"""Reference column -> the `ScoredBatch.scores` column holding it."""
+"""Reference column -> the `ScoredBatch.columns` column holding it."""
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 )  # fmt: skip
@@ -51,11 +50,13 @@ class DriftWindow:
         self._filled = 0
         self._lock = threading.Lock()
 
-    def add(self, scores: pd.DataFrame) -> None:
-        """Append a batch's stage outputs (`ScoredBatch.scores`; the scorer's thread)."""
-        if not self._columns or scores.empty:
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        """Append a batch's stage outputs (`ScoredBatch.columns`; the scorer's thread)."""
+        if not self._columns or not len(columns["score"]):
             return
-        values = scores[[WATCHED[name] for name in self._columns]].to_numpy(np.float64)
+        values = np.column_stack(
+            [np.asarray(columns[WATCHED[name]], np.float64) for name in self._columns]
+        )
         size = len(self._values)
         values = values[-size:]
         rows = (self._next + np.arange(len(values))) % size
@@ -78,6 +79,34 @@ class DriftWindow:
                 reference = self.profile.columns[name]
                 figures[name] = (reference.psi(finite), reference.ks(finite))
         return len(values), figures
+
+
+class ScoreHistogram(Collector):
+    """The judge scores' histogram, counted with numpy per micro-batch (a prometheus_client
+    `Histogram` takes one `observe` call, with its lock, per event)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = np.asarray(buckets, np.float64)
+        self._counts = np.zeros(len(buckets) + 1, np.int64)  # the last one: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, scores: np.ndarray) -> None:
+        """Count a batch's scores (`le` buckets: a score equal to a bound is in its bucket)."""
+        at = np.searchsorted(self.bounds, scores, side="left")
+        counts = np.bincount(at, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(np.sum(scores))
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        bounds = [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
+        family = HistogramMetricFamily("hybrid_ad_score", "Judge scores")
+        family.add_metric([], list(zip(bounds, cumulative, strict=True)), total)
+        yield family
 
 
 class DriftCollector(Collector):
@@ -137,9 +166,8 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=registry,
         )
-        self.score = Histogram(
-            "hybrid_ad_score", "Judge scores", buckets=SCORE_BUCKETS, registry=registry
-        )
+        self.score = ScoreHistogram(SCORE_BUCKETS)
+        registry.register(self.score)
         self.events = Counter("hybrid_ad_events_scored", "Events scored", registry=registry)
         self.alerts = Counter(
             "hybrid_ad_alerts", "Events at or above the threshold", registry=registry
@@ -181,12 +209,12 @@ class ServiceMetrics:
 
     def scored(self, scored: ScoredBatch) -> None:
         """Count one scored batch (the scorer's thread)."""
-        frame = scored.scores
-        self.events.inc(len(frame))
-        if len(frame):
-            self.alerts.inc(int(np.count_nonzero(frame["alert"].to_numpy())))
-            for value in frame["score"].tolist():
-                self.score.observe(value)
+        columns = scored.columns
+        scores = np.asarray(columns["score"], np.float64)
+        self.events.inc(len(scores))
+        if len(scores):
+            self.alerts.inc(int(np.count_nonzero(columns["alert"])))
+            self.score.add(scores)
         if scored.dead_letters:
             self.dead_letters.inc(len(scored.dead_letters))
-        self.drift.window.add(frame)
+        self.drift.window.add(columns)

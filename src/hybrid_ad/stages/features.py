@@ -201,8 +201,9 @@ class FeatureBuilder(Stage):
             raw = np.column_stack([np.asarray(frame[name], dtype=np.float64) for name in columns])
         logged = [columns.index(name) for name in self.config.log_scale]
         logged += range(len(self.columns_ or ()), len(columns))
-        for index in logged:
-            raw[:, index] = np.sign(raw[:, index]) * np.log1p(np.abs(raw[:, index]))
+        if logged:  # one pass over the columns, not four numpy calls per column
+            part = raw[:, logged]
+            raw[:, logged] = np.sign(part) * np.log1p(np.abs(part))
         return raw
 
     def transform(self, frame: Columns) -> FeatureMatrix:

@@ -115,6 +115,7 @@ class HistogramDetector(Stage):
 
     def __init__(self) -> None:
         self.model_: Any = None
+        self._tables: tuple[Any, tuple[np.ndarray, ...]] | None = None
 
     def fit(self, inputs: np.ndarray) -> HistogramDetector:
         from pyod.models.hbos import HBOS
@@ -140,18 +141,16 @@ class HistogramDetector(Stage):
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def _decision(self, values: np.ndarray) -> np.ndarray:
-        hist, edges = np.asarray(self.model_.hist_), np.asarray(self.model_.bin_edges_)
-        alpha, tol, n_bins = self.model_.alpha, self.model_.tol, hist.shape[0]
-        log_density = np.log2(hist + alpha)  # (bins, features)
+        edges, log_density, rarest, low_step, high_step = self._scoring_tables()
+        n_bins = log_density.shape[0]
         # np.digitize(x, edges, right=True) per feature: how many edges lie below x (in
         # chunks of rows, to bound the (rows, edges, features) comparison)
         index = np.empty(values.shape, dtype=np.int64)
         for start in range(0, len(values), CHUNK_ROWS):
             part = values[start : start + CHUNK_ROWS]
             index[start : start + len(part)] = (edges[None, :, :] < part[:, None, :]).sum(axis=1)
-        below_near = edges[0] - values <= (edges[1] - edges[0]) * tol
-        above_near = values - edges[-1] <= (edges[-1] - edges[-2]) * tol
-        rarest = log_density.min(axis=0)
+        below_near = edges[0] - values <= low_step
+        above_near = values - edges[-1] <= high_step
         columns = np.arange(values.shape[1])
         inside = log_density[np.clip(index - 1, 0, n_bins - 1), columns]
         scores = np.where(
@@ -160,6 +159,24 @@ class HistogramDetector(Stage):
             np.where(index == n_bins + 1, np.where(above_near, log_density[-1], rarest), inside),
         )
         return -np.sum(scores, axis=1)
+
+    def _scoring_tables(self) -> tuple[np.ndarray, ...]:
+        """What scoring reads of the fitted model, computed once per model (a one-event call
+        spent a third of its time recomputing them): edges, log densities, each feature's
+        rarest log density, and the `tol` margins below the first and above the last edge."""
+        if self._tables is None or self._tables[0] is not self.model_:
+            hist, edges = np.asarray(self.model_.hist_), np.asarray(self.model_.bin_edges_)
+            log_density = np.log2(hist + self.model_.alpha)  # (bins, features)
+            tol = self.model_.tol
+            tables = (
+                edges,
+                log_density,
+                log_density.min(axis=0),
+                (edges[1] - edges[0]) * tol,
+                (edges[-1] - edges[-2]) * tol,
+            )
+            self._tables = (self.model_, tables)
+        return self._tables[1]
 
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()

@@ -85,10 +85,18 @@ def stream_command(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
     ] = None,
+    contributions: Annotated[
+        str,
+        typer.Option(
+            "--contributions",
+            help="Reasons' judge part: approximate (Saabas, microseconds) or exact (TreeSHAP).",
+        ),
+    ] = "approximate",
     quiet: QuietOption = False,
 ) -> None:
     """Score a Redis stream with a consumer group: alerts exactly once, checkpoints, recovery."""
     from hybrid_ad.core.detector import Detector
+    from hybrid_ad.core.scoring import check_contributions
     from hybrid_ad.jobs.pipeline import require_judge
     from hybrid_ad.stream.connection import connect
     from hybrid_ad.stream.processor import (
@@ -110,6 +118,7 @@ def stream_command(
         checkpoint_every=checkpoint_every,
         until_idle=until_idle,
         lease=lease,
+        contributions=check_contributions(contributions),
     )
     check_output_dir(checkpoint, "--checkpoint")
     progress = ProgressReporter(enabled=not quiet)

@@ -32,10 +32,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from hybrid_ad.artifacts import MANIFEST, MANIFEST_SHA256
 from hybrid_ad.core.detector import Detector
+from hybrid_ad.core.live import ScoredBatch
+from hybrid_ad.core.scoring import Contributions
 from hybrid_ad.data import EVENT_ID
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stream.checkpoint import Checkpoint, load_checkpoint
@@ -74,6 +74,8 @@ class StreamOptions:
     until_idle: float | None = None
     lease: float = 10.0
     log_every: float = 10.0
+    contributions: Contributions = "approximate"
+    """How the alerts' reasons weigh the judge's inputs (`hybrid_ad.core.scoring`)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch <= 100_000:
@@ -421,12 +423,14 @@ class StreamProcessor:
         if accepted:
             assert self.fields is not None
             columns = {name: [fields.get(name) for _, fields in accepted] for name in self.fields}
-            scored = self.live.score_many(columns, explain="alerts")
+            scored = self.live.score_many(
+                columns, explain="alerts", contributions=self.options.contributions
+            )
             for letter in scored.dead_letters:
                 assert letter.position is not None
                 entry_id, fields = accepted[letter.position]
                 dead.append((entry_id, fields, letter.reason))
-            alerts, scores = self._outputs(scored.scores, accepted)
+            alerts, scores = self._outputs(scored, accepted)
         self._keep_lease()
         self._write(entries[-1][0], alerts, scores, dead)
         self.applied = entries[-1][0]
@@ -459,14 +463,16 @@ class StreamProcessor:
         return None
 
     def _outputs(
-        self, frame: pd.DataFrame, accepted: list[Entry]
+        self, scored: ScoredBatch, accepted: list[Entry]
     ) -> tuple[list[tuple[str, dict[str, str]]], list[tuple[str, dict[str, str]]]]:
-        positions = frame.index.to_numpy().tolist()
-        ids = frame[EVENT_ID].astype(str).tolist()
-        score = frame["score"].to_numpy().tolist()
-        alert = frame["alert"].to_numpy().tolist()
-        threshold = frame["threshold"].to_numpy().tolist()
-        reasons = [text if isinstance(text, str) else "" for text in frame["reasons"].tolist()]
+        """The alerts' and the scores' entries, from the batch's columns (no DataFrame)."""
+        columns = scored.columns
+        positions = scored.positions.tolist()
+        ids = [str(key) for key in columns[EVENT_ID].tolist()]
+        score = columns["score"].tolist()
+        alert = columns["alert"].tolist()
+        threshold = columns["threshold"].tolist()
+        reasons = [text if isinstance(text, str) else "" for text in columns["reasons"].tolist()]
         alerts = []
         for i, flagged in enumerate(alert):
             if flagged:
@@ -486,8 +492,8 @@ class StreamProcessor:
                 )
         scores = []
         if self.options.scores is not None:
-            extra = {name: frame[name].to_numpy().tolist() for name in SCORE_FIELDS}
-            for i in range(len(frame)):
+            extra = {name: columns[name].tolist() for name in SCORE_FIELDS}
+            for i in range(len(positions)):
                 entry_id = accepted[positions[i]][0]
                 row = {
                     EVENT_ID: ids[i],
