@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from hybrid_ad.behavioural.batch import (  # noqa: E402
     BehaviouralConfig,
+    DistinctConfig,
     LabelRiskConfig,
     compute_batch,
     feature_names,
@@ -84,6 +85,17 @@ LIVE_CONFIG = BehaviouralConfig(
     entity_ttl="30d",
 )
 """Live, the 'realistic' config: 1 key, 2 time windows + 1 last-N, 1 value, session, gap."""
+
+DISTINCT_CONFIG = LIVE_CONFIG.model_copy(
+    update={
+        "distinct": [
+            DistinctConfig(column="terminal_id", windows=["1h", "1d"]),
+            DistinctConfig(period="1h", windows=["1d"]),
+        ]
+    }
+)
+"""The live config plus distinct counts: terminals per customer in 1h and 1d, active hours in
+1d (3 more features); timed in the same run as a ratio to the live config."""
 
 
 def median_time(fn, repeats: int = 3) -> tuple[float, object]:
@@ -157,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     warm = min(100_000, args.events // 4)
     measured = min(args.live_events, args.events - warm)
     many_rate, single_rate, cpu_rate = live_throughput(frame, LIVE_CONFIG, warm, measured)
+    d_many, d_single, _ = live_throughput(frame, DISTINCT_CONFIG, warm, measured)
+    d_batch_s, _ = median_time(lambda: compute_batch(frame, DISTINCT_CONFIG, "time", "label"))
+    _, d_traced, d_json = state_size(frame.iloc[: min(args.events, 300_000)], DISTINCT_CONFIG)
     size_events = min(args.events, 300_000)
     entities, traced, json_size = state_size(frame.iloc[:size_events], LIVE_CONFIG)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -180,6 +195,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| live state after {size_events:,} events | {entities:,} entities |")
     print(f"| live state, traced Python memory | {traced:,.0f} bytes/entity |")
     print(f"| live state as JSON | {json_size:,.0f} bytes/entity |")
+    print(
+        f"| + distinct counts: batch | {d_batch_s:.2f} s ({d_batch_s / live_s:.2f}x the live "
+        "config) |"
+    )
+    print(
+        f"| + distinct counts: live `update_many` | {d_many:,.0f} events/s "
+        f"({many_rate / d_many:.2f}x the time per event) |"
+    )
+    print(
+        f"| + distinct counts: live `update(dict)` | {d_single:,.0f} events/s "
+        f"({single_rate / d_single:.2f}x the time per event) |"
+    )
+    print(
+        f"| + distinct counts: state | {d_traced:,.0f} bytes/entity traced, {d_json:,.0f} as JSON |"
+    )
     print(f"| peak RSS of this process | {peak_mib:,.0f} MiB |")
     print(
         f"\nLoad average at the end: {os.getloadavg()[0]:.2f} (wall-clock rates share the cores)."

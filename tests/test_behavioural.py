@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from hybrid_ad.behavioural.batch import (
     BehaviouralConfig,
+    DistinctConfig,
     LabelRiskConfig,
     behavioural_config_from_dict,
     compute_batch,
@@ -97,8 +98,24 @@ CONFIGS = [
         ),
         entity_ttl="5m",
     ),
+    BehaviouralConfig(
+        # distinct counts: of a column for one key, of a composite key's part, of clock periods
+        entity_keys=["customer", ["customer", "terminal"], "country"],
+        windows=["20s"],
+        last_n=[],
+        values=["amount"],
+        aggregates=["count"],
+        session_gap=None,
+        distinct=[
+            DistinctConfig(column="terminal", windows=["5s", "1m"], keys=["customer"]),
+            DistinctConfig(column="country", windows=["30s"]),
+            DistinctConfig(period="10s", windows=["1m", "40s"], keys=["customer", "country"]),
+        ],
+        entity_ttl="2m",  # entities are forgotten and restart; the tables are pruned
+    ),
 ]
 COMPOSITE = CONFIGS[3]
+DISTINCT = CONFIGS[4]
 
 gaps = st.one_of(
     st.just(0.0),  # ties
@@ -152,7 +169,11 @@ def test_batch_and_live_agree(frame: pd.DataFrame, which: int) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(frame=streams(), cut=st.floats(0.0, 1.0), config=st.sampled_from([CONFIGS[0], COMPOSITE]))
+@given(
+    frame=streams(),
+    cut=st.floats(0.0, 1.0),
+    config=st.sampled_from([CONFIGS[0], COMPOSITE, DISTINCT]),
+)
 def test_restored_state_continues_identically(
     frame: pd.DataFrame, cut: float, config: BehaviouralConfig
 ) -> None:
@@ -163,6 +184,115 @@ def test_restored_state_continues_identically(
     restored = FeatureState.from_dict(json.loads(json.dumps(first.to_dict(), allow_nan=False)))
     tail = restored.update_many(frame.iloc[split:])
     assert np.array_equal(pd.concat([head, tail]).to_numpy(), whole.to_numpy())
+
+
+def test_distinct_counts_mean_what_the_docs_say() -> None:
+    """The event itself plus the distinct values among its entity's events in [t - w, t]."""
+    config = BehaviouralConfig(
+        entity_keys=["customer"],
+        windows=[],
+        last_n=[],
+        aggregates=[],
+        time_since_previous=False,
+        session_gap=None,
+        distinct=[
+            DistinctConfig(column="terminal", windows=["10s"]),
+            DistinctConfig(period="1m", windows=["2m"]),
+        ],
+        entity_ttl="1h",
+    )
+    frame = frame_of(
+        [0, 5, 10, 10, 21, 59, 60, 170, 171],
+        customers=list("aaaaaaaab"),
+        terminals=[1, 2, 1, 3, 1, 1, 1, 2, 2],
+    )
+    features = both(config, frame)
+    # t=10 sees t=0 (exactly 10 s before: inside); t=21 sees none of 1, 2, 3 (all > 10 s ago)
+    assert features["customer__distinct_terminal_10s"].tolist() == [1, 2, 2, 3, 1, 1, 1, 1, 1]
+    # clock minutes 0, 0, 0, 0, 0, 0, 1, 2 (t=170 sees t=59, 60: minutes 0 and 1); b is new
+    assert features["customer__active_1m_periods_2m"].tolist() == [1, 1, 1, 1, 1, 1, 2, 3, 1]
+    assert feature_names(config) == [
+        "customer__distinct_terminal_10s",
+        "customer__active_1m_periods_2m",
+    ]
+
+
+def test_distinct_tables_stay_small_and_the_vocabulary_forgets_evicted_values() -> None:
+    """A long stream of ever-new values: each table holds what its window can see, and the
+    vocabulary only values some table still holds."""
+    config = BehaviouralConfig(
+        entity_keys=["customer"],
+        windows=["1m"],
+        last_n=[],
+        aggregates=["count"],
+        session_gap=None,
+        distinct=[DistinctConfig(column="terminal", windows=["1m"])],
+        entity_ttl="10m",
+    )
+    n = 20_000
+    frame = frame_of(
+        np.arange(n) * 2.0, customers=np.arange(n) % 3, terminals=list(range(n))
+    )  # every event on a new terminal
+    state = FeatureState(config)
+    features = state.update_many(frame)
+    np.testing.assert_array_equal(
+        features.to_numpy(), compute_batch(frame, config, "time").to_numpy()
+    )
+    tables = state._d_header[state._held_slots(), 0]
+    assert tables[:, 1].max() <= 2 * 31  # at most twice the 31 values a window sees (pruning)
+    assert len(state._d_values[0]) < 200
+
+
+def test_distinct_checkpoint_keeps_values_and_refuses_damage() -> None:
+    config = DISTINCT
+    frame = frame_of(
+        [0, 3, 6, 9, 12], customers=list("abaab"), terminals=["x", "y", "y", "z", "x"]
+    ).assign(country=[1, 1, 2, 2, 1])
+    state = FeatureState(config)
+    state.update_many(frame.iloc[:4])
+    document = json.loads(json.dumps(state.to_dict(), allow_nan=False))
+    assert document["version"] == 4
+    saved = dict(document["entities"][0])["a"]["distinct"]  # customer a: three counts
+    assert sorted(value for value, _ in saved[0]) == ["x", "y", "z"]
+    later = FeatureState.from_dict(document).update_many(frame.iloc[4:])
+    pd.testing.assert_frame_equal(later, state.update_many(frame.iloc[4:]))
+    saved[0].append(["x", 1.0])
+    with pytest.raises(ArtifactError, match="holds a value twice") as caught:
+        FeatureState.from_dict(document)
+    one_line(caught.value)
+    saved[0][-1] = ["w", 99.0]
+    with pytest.raises(ArtifactError, match="after the entity"):
+        FeatureState.from_dict(document)
+    del saved[0]
+    with pytest.raises(ArtifactError, match="distinct tables do not match"):
+        FeatureState.from_dict(document)
+
+
+@settings(max_examples=40, deadline=None)
+@given(frame=streams(), cut=st.floats(0.0, 1.0))
+def test_describe_of_distinct_counts_changes_nothing(frame: pd.DataFrame, cut: float) -> None:
+    split = int(len(frame) * cut)
+    state = FeatureState(DISTINCT)
+    state.update_many(frame.iloc[:split])
+    before = state.to_dict()
+    described = state.describe(frame.iloc[split:])
+    assert state.to_dict() == before
+    updated = [state.update(event) for event in frame.iloc[split:].to_dict("records")]
+    if updated:  # each event described alone equals its update on the state before it
+        first = FeatureState.from_dict(before).describe(frame.iloc[split : split + 1])
+        assert first.iloc[0].tolist() == list(updated[0].values())
+    assert len(described) == len(frame) - split
+
+
+def test_a_version_3_state_without_distinct_counts_still_loads() -> None:
+    state = FeatureState(CONFIGS[0], "label")
+    frame = frame_of([0, 5, 30, 31, 80], customers=list("aabaa"))
+    state.update_many(frame.iloc[:3])
+    document = state.to_dict() | {"version": 3}
+    pd.testing.assert_frame_equal(
+        FeatureState.from_dict(document).update_many(frame.iloc[3:]),
+        state.update_many(frame.iloc[3:]),
+    )
 
 
 def test_long_lived_entity_stays_exact_and_bounded() -> None:
@@ -567,6 +697,13 @@ def test_bad_window_spec_is_a_one_line_config_error() -> None:
         {"label_risk": {"windows": ["1d"], "keys": ["terminal"]}, "entity_keys": ["customer"]},
         {"label_risk": {"windows": ["70d"]}},  # 70d + 7d is beyond the 60d entity_ttl
         {"session_gap": "-5m"},
+        {"distinct": [{"windows": ["1h"]}]},  # neither column nor period
+        {"distinct": [{"column": "country", "period": "1h"}]},
+        {"distinct": [{"column": "country", "windows": []}]},
+        {"distinct": [{"period": "0s"}]},
+        {"distinct": [{"column": "country", "windows": ["90d"]}]},  # beyond the 60d entity_ttl
+        {"distinct": [{"column": "country", "keys": ["card"]}], "entity_keys": ["customer"]},
+        {"distinct": [{"column": "country"}, {"column": "country", "windows": ["1h"]}]},
     ],
 )
 def test_other_bad_configs_are_one_line_errors(raw) -> None:

@@ -186,6 +186,15 @@ def test_pseudo_mode_with_behaviour_never_reads_labels() -> None:
             "pseudo mode never does",
         ),
         ({"behavioural": {"cadence": "1h"}}, "features.behavioural.cadence: unknown key"),
+        (
+            {"behavioural": {"distinct": [{"column": "merchant", "windows": ["1h"]}]}},
+            "distinct\\[0\\].column: 'merchant' must also be listed in data.entity_keys",
+        ),
+        (
+            {"behavioural": {"distinct": [{"column": "Class", "windows": ["1h"]}]}},
+            "distinct\\[0\\].column: 'Class' is the data.label column",
+        ),
+        ({"behavioural": {"distinct": [{"windows": ["1h"]}]}}, "give column or period"),
     ],
 )
 def test_bad_behavioural_config_is_one_line(change: dict, message: str) -> None:

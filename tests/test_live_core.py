@@ -251,3 +251,34 @@ def test_describe_does_not_change_the_state_and_remember_learns() -> None:
     rest = tail.iloc[20:]
     pd.testing.assert_frame_equal(state.describe(rest), expected.describe(rest))
     assert len(described) == len(tail)
+
+
+def test_distinct_counts_score_live_as_in_batch_and_survive_a_checkpoint() -> None:
+    """A detector with distinct counts (terminals per customer, active hours): micro-batches,
+    one event at a time and a restored checkpoint all score as the batch path."""
+    config = behaviour_config(
+        distinct=[
+            {"column": "terminal_id", "windows": ["1h", "6h"], "keys": ["customer_id"]},
+            {"period": "10m", "windows": ["1h"]},
+        ]
+    )
+    train, validation, test = split_parts(entity_events(), config)
+    detector = Detector(config).fit(train, validation)
+    importance = detector.feature_importance()
+    assert "customer_id__distinct_terminal_id_6h" in importance
+    assert "terminal_id__active_10m_periods_1h" in importance
+    history, events = pd.concat([train, validation]), test.iloc[:120]
+    batch = detector.score(events, history=history)
+    for size in (1, 50):
+        streamed = in_chunks(detector.live(history=history), events, size)
+        np.testing.assert_allclose(streamed["score"], batch["score"], rtol=0, atol=1e-9)
+        assert streamed["rules_hit"].tolist() == batch["rules_hit"].tolist()
+    first = detector.live(history=history)
+    head = first.score_many(events.iloc[:60]).scores
+    document, _ = unpack_arrays(first.checkpoint())
+    tables = document["state"]["distinct"][0]  # the customers' terminal and period tables
+    assert len(tables) == len(document["state"]["keys"][0]) and any(t[0] for t in tables)
+    tail = detector.live(state=first.checkpoint()).score_many(events.iloc[60:]).scores
+    np.testing.assert_allclose(
+        pd.concat([head, tail])["score"].to_numpy(), batch["score"].to_numpy(), rtol=0, atol=1e-9
+    )

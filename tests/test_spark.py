@@ -84,6 +84,8 @@ def test_spark_features_equal_the_local_batch_engine_on_every_key(workspace: Pat
     np.testing.assert_allclose(spark[names], local[names], rtol=1e-9, atol=1e-9)
     for prefix in ("account_id", "device_id", "account_id+country", "ip_prefix"):
         assert spark[f"{prefix}__count_1d"].max() > 0  # every key got real history
+    assert spark["account_id__distinct_country_1d"].max() > 1  # distinct counts, too
+    assert spark["device_id__active_1h_periods_1d"].max() > 1
     meta = json.loads((workspace / "table_spark" / "_hybrid_ad_features.json").read_text())
     assert meta["features"] == names
 
@@ -98,6 +100,10 @@ def test_label_risk_last_n_and_every_aggregate_equal_the_local_engine(workspace:
         "aggregates": ["count", "sum", "mean", "std", "min", "max", "ratio_to_mean"],
         "session_gap": "30m",
         "label_risk": {"windows": ["1d", "3d"], "delay": "1d", "keys": ["device_id"]},
+        "distinct": [
+            {"column": "ip_prefix", "windows": ["1h", "1d"], "keys": ["device_id"]},
+            {"period": "1h", "windows": ["1d"]},
+        ],
         "entity_ttl": "4d",
     }
     tables = {}
@@ -113,6 +119,9 @@ def test_label_risk_last_n_and_every_aggregate_equal_the_local_engine(workspace:
     names = [name for name in local.columns if "__" in name]
     assert "device_id__label_rate_3d_delay1d" in names
     assert "account_id+country__amount_std_last5" in names
+    assert "device_id__distinct_ip_prefix_1d" in names
+    assert "account_id+country__distinct_ip_prefix_1h" not in names
+    assert "account_id+country__active_1h_periods_1d" in names
     assert list(spark.columns) == list(local.columns)
     np.testing.assert_allclose(spark[names], local[names], rtol=1e-9, atol=1e-9)
     assert local["device_id__labelled_events_3d_delay1d"].max() > 0

@@ -85,7 +85,9 @@ def test_shipped_streaming_config_runs_and_reports_recall_per_kind(workspace: Pa
     [
         (lambda raw: raw["features"]["behavioural"].update(windows=["5 parsecs"]), "5 parsecs"),
         (
-            lambda raw: raw["features"]["behavioural"].update(entity_keys=["account_id", "tenant"]),
+            lambda raw: raw["features"]["behavioural"].update(
+                entity_keys=["account_id", "tenant"], distinct=[]
+            ),
             "'tenant' must also be listed in data.entity_keys",
         ),
         (lambda raw: raw["data"]["entity_keys"].append("tenant"), "missing column 'tenant'"),

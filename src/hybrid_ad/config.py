@@ -394,8 +394,16 @@ class Config(StrictModel):
             return self
         for column in behavioural.entity_columns:
             if column not in self.data.entity_keys:
+                where = next(
+                    (
+                        f"distinct[{index}].column"
+                        for index, spec in enumerate(behavioural.distinct)
+                        if spec.column == column
+                    ),
+                    "entity_keys",
+                )
                 raise ValueError(
-                    f"features.behavioural.entity_keys: '{column}' must also be listed in "
+                    f"features.behavioural.{where}: '{column}' must also be listed in "
                     "data.entity_keys (entity columns are never model inputs)"
                 )
         if behavioural.label_risk is not None:
@@ -418,6 +426,11 @@ def _named_columns(config: Config) -> list[tuple[str, str]]:
     behavioural = config.features.behavioural
     if behavioural is not None:
         named += [("features.behavioural.values", name) for name in behavioural.values]
+        named += [
+            (f"features.behavioural.distinct[{index}].column", spec.column)
+            for index, spec in enumerate(behavioural.distinct)
+            if spec.column is not None
+        ]
     for rule in config.rules.rules:
         named += [(f"rules.{rule.name}", name) for name in _condition_columns(rule.when)]
     return named

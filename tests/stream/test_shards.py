@@ -21,6 +21,14 @@ def test_shards_keyed_by_account_score_like_one_stream(
     config = yaml.safe_load((stream_workspace / "config.yaml").read_text())
     keys = ["account_id", ["account_id", "device_id"], ["account_id", "country"]]
     config["features"]["behavioural"]["entity_keys"] = [*keys, ["account_id", "ip_prefix"]]
+    per_account = {
+        "device_id": ["account_id", "device_id"],
+        "ip_prefix": ["account_id", "ip_prefix"],
+    }
+    for item in config["features"]["behavioural"]["distinct"]:  # counted per account's key too
+        item["keys"] = [
+            per_account.get(key, key) if isinstance(key, str) else key for key in item["keys"]
+        ]
     rules = _rekeyed(yaml.safe_load(Path(config["rules"]).read_text()))
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
     config["rules"] = str(tmp_path / "rules.yaml")

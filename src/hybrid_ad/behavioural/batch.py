@@ -30,11 +30,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybrid_ad.behavioural.distinct import distinct_in_windows
 from hybrid_ad.errors import ConfigError, InputError, format_validation_error
 
 __all__ = [
     "AGGREGATES",
     "BehaviouralConfig",
+    "DistinctConfig",
     "LabelRiskConfig",
     "behavioural_config_from_dict",
     "compute_batch",
@@ -160,6 +162,59 @@ class LabelRiskConfig(BaseModel):
         return spec
 
 
+class DistinctConfig(BaseModel):
+    """Distinct values per entity over time windows: of a categorical column ("countries of
+    this account in the last hour") or of clock periods with activity ("hours this device was
+    active in the last day"). Each counts the event itself and its entity's previous events
+    with time in [t - w, t], so it is at least 1."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    column: str | None = Field(
+        None, description="categorical column whose distinct values are counted"
+    )
+    period: str | None = Field(
+        None,
+        description="count distinct clock periods floor(t / period) with an event instead "
+        "(1h: active hours); give column or period",
+    )
+    windows: list[str] = Field(
+        default_factory=lambda: ["1d"], min_length=1, description="time windows, one feature each"
+    )
+    keys: list[str | list[str]] | None = Field(
+        None,
+        min_length=1,
+        description="the entity keys (as written in entity_keys) that get this count; "
+        "None = every key",
+    )
+
+    @model_validator(mode="after")
+    def _column_or_period(self) -> DistinctConfig:
+        if (self.column is None) == (self.period is None):
+            raise ValueError("give column or period, exactly one")
+        return self
+
+    @field_validator("windows")
+    @classmethod
+    def _valid_windows(cls, windows: list[str]) -> list[str]:
+        return _positive_distinct_windows(windows, "window")
+
+    @field_validator("period")
+    @classmethod
+    def _positive(cls, spec: str | None) -> str | None:
+        if spec is not None and parse_duration(spec) <= 0:
+            raise ValueError(f"duration {spec!r} must be positive")
+        return spec
+
+    @property
+    def name(self) -> str:
+        """What the feature names call it: the column, or `active_<period>_periods`."""
+        if self.column is not None:
+            return f"distinct_{self.column}"
+        assert self.period is not None
+        return f"active_{_duration_label(self.period)}_periods"
+
+
 class BehaviouralConfig(BaseModel):
     """Declares the behavioural features; both engines derive everything from it."""
 
@@ -192,6 +247,11 @@ class BehaviouralConfig(BaseModel):
     )
     label_risk: LabelRiskConfig | None = Field(
         None, description="delayed-label risk; needs a label column"
+    )
+    distinct: list[DistinctConfig] = Field(
+        default_factory=list,
+        description="distinct counts over time windows (of a column's values, or of active "
+        "clock periods), per entity key",
     )
     allowed_lateness: str = Field(
         "0s",
@@ -234,11 +294,14 @@ class BehaviouralConfig(BaseModel):
 
     @property
     def entity_columns(self) -> list[str]:
-        """Every column used in an entity key, once each, in order of first use.
+        """Every categorical column the features read, once each, in order of first use: the
+        entity keys' columns, then the distinct-count columns.
 
-        These are the columns whose role is "entity", plain or as part of a composite key.
+        These are the columns whose role is "entity": grouped or counted, never model inputs.
         """
-        return list(dict.fromkeys(col for key in self.entity_keys for col in _key_columns(key)))
+        columns = [col for key in self.entity_keys for col in _key_columns(key)]
+        columns += [spec.column for spec in self.distinct if spec.column is not None]
+        return list(dict.fromkeys(columns))
 
     @field_validator("windows")
     @classmethod
@@ -283,6 +346,24 @@ class BehaviouralConfig(BaseModel):
         _unique([frozenset(_key_columns(key)) for key in self.label_risk.keys], "label_risk key")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_keys_are_entity_keys(self) -> BehaviouralConfig:
+        known = [set(_key_columns(key)) for key in self.entity_keys]
+        for index, spec in enumerate(self.distinct):
+            for key in spec.keys or []:
+                if set(_key_columns(key)) not in known:
+                    raise ValueError(f"distinct[{index}].keys: {key!r} is not one of entity_keys")
+            if spec.keys is not None:
+                _unique([frozenset(_key_columns(key)) for key in spec.keys], "distinct key")
+        _unique([spec.name for spec in self.distinct], "distinct count")
+        return self
+
+    def has_distinct(self, spec: DistinctConfig, key: str | Sequence[str]) -> bool:
+        """Whether an entity key gets a distinct count."""
+        return spec.keys is None or set(_key_columns(key)) in [
+            set(_key_columns(k)) for k in spec.keys
+        ]
+
     def has_label_risk(self, key: str | Sequence[str]) -> bool:
         """Whether an entity key gets the label-risk features."""
         risk = self.label_risk
@@ -299,6 +380,10 @@ class BehaviouralConfig(BaseModel):
         horizons = [(parse_duration(w), f"window {w}") for w in self.windows]
         if self.session_gap is not None:
             horizons.append((parse_duration(self.session_gap), f"session_gap {self.session_gap}"))
+        for spec in self.distinct:
+            horizons += [
+                (parse_duration(w), f"distinct {spec.name} window {w}") for w in spec.windows
+            ]
         if self.label_risk is not None:
             risk = self.label_risk
             window = max(risk.windows, key=parse_duration)
@@ -325,6 +410,20 @@ def behavioural_config_from_dict(raw: Any, source: str = "<behavioural>") -> Beh
 
 
 # --- the shared plan: names, order and constants ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistinctSpec:
+    """One distinct count as both engines need it."""
+
+    name: str
+    column: str | None
+    period: float | None
+    windows: tuple[float, ...]
+    labels: tuple[str, ...]
+
+    def suffixes(self) -> list[str]:
+        return [f"{self.name}_{label}" for label in self.labels]
 
 
 @dataclass(frozen=True)
@@ -356,6 +455,10 @@ class FeaturePlan:
     ttl: float
     lateness: float
     gap_fill: float
+    distinct: tuple[DistinctSpec, ...]
+    """Every distinct count of the config (in `for_key`: the key's own)."""
+    key_distinct: tuple[tuple[bool, ...], ...]
+    """Per key (prefix) and distinct count of the config, whether the key gets it."""
 
     @property
     def n_windows(self) -> int:
@@ -377,13 +480,20 @@ class FeaturePlan:
         if self.risk_delay is not None:
             for label in self.risk_labels:
                 names += [f"label_rate_{label}", f"labelled_events_{label}"]
+        for spec in self.distinct:
+            names += spec.suffixes()
         return names
 
     def for_key(self, index: int) -> FeaturePlan:
-        """The plan of one entity key: without the label-risk features if it does not get them."""
+        """The plan of one entity key: without the label-risk features if it does not get
+        them, with only its own distinct counts."""
+        own = tuple(
+            s for s, has in zip(self.distinct, self.key_distinct[index], strict=True) if has
+        )
+        plan = replace(self, distinct=own, key_distinct=((True,) * len(own),))
         if self.key_risk[index]:
-            return self
-        return replace(self, risk_delay=None, risk_horizons=(), risk_labels=())
+            return plan
+        return replace(plan, risk_delay=None, risk_horizons=(), risk_labels=())
 
     def names(self) -> list[str]:
         return [
@@ -423,6 +533,21 @@ def feature_plan(config: BehaviouralConfig) -> FeaturePlan:
         ttl=ttl,
         lateness=parse_duration(config.allowed_lateness),
         gap_fill=ttl if math.isfinite(ttl) else NO_TTL_GAP_FILL,
+        distinct=tuple(
+            DistinctSpec(
+                name=spec.name,
+                column=spec.column,
+                period=None if spec.period is None else parse_duration(spec.period),
+                windows=tuple(parse_duration(w) for w in spec.windows),
+                labels=tuple(_duration_label(w) for w in spec.windows),
+            )
+            for spec in config.distinct
+        ),
+        key_distinct=tuple(
+            tuple(config.has_distinct(spec, key) for spec in config.distinct)
+            for key in config.entity_keys
+        )
+        or (tuple(True for _ in config.distinct),),
     )
 
 
@@ -727,7 +852,13 @@ def compute_batch(
             key_plan = plan.for_key(index)
             block = out[row : row + len(key_plan.key_suffixes())]
             row += len(block)
-            _batch_one_key(key_plan, codes, times, values, labels, ranks, time_order, block)
+            distinct_codes = [
+                _distinct_codes(spec, column_codes, plan.columns, times)
+                for spec in key_plan.distinct
+            ]
+            _batch_one_key(
+                key_plan, codes, times, values, labels, ranks, time_order, block, distinct_codes
+            )
     return pd.DataFrame(out.T, index=frame.index, columns=names, copy=False)
 
 
@@ -791,10 +922,12 @@ def _batch_one_key(
     ranks: _TimeRanks,
     time_order: np.ndarray | None,
     out: np.ndarray,
+    distinct_codes: list[tuple[np.ndarray, int]],
 ) -> None:
     """Fill `out` (features x rows) for one entity key; works on entity-grouped order.
 
     The inputs are in time order; `time_order` holds the output row of each (None: the same).
+    `distinct_codes`: per distinct count of the key, each row's value code and the code bound.
     """
     n = len(times)
     order = _group_order(*codes)  # by entity, arrival order kept within
@@ -857,6 +990,25 @@ def _batch_one_key(
             n_bad = (bad[hi] - bad[lo]).astype(np.float64)
             put(np.where(n_known > 0, n_bad / np.maximum(n_known, 1.0), 0.0))
             put(n_known)
+    for spec, (value_codes, n_codes) in zip(plan.distinct, distinct_codes, strict=True):
+        grouped = value_codes[order]
+        for w in spec.windows:
+            put(distinct_in_windows(grouped, first_at_or_after(w, "left"), n_codes))
+
+
+def _distinct_codes(
+    spec: DistinctSpec,
+    column_codes: list[tuple[np.ndarray, int]],
+    columns: tuple[str, ...],
+    times: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Each row's code (in time order) for a distinct count: the column's value code, or a
+    dense code of its clock period floor(t / period)."""
+    if spec.column is not None:
+        return column_codes[columns.index(spec.column)]
+    assert spec.period is not None
+    codes, uniques = pd.factorize(np.floor(times / spec.period))
+    return codes.astype(np.int64), len(uniques)
 
 
 def as_float_array(series: pd.Series) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from hybrid_ad.behavioural import kernel
+from hybrid_ad.behavioural import distinct, kernel
 from hybrid_ad.behavioural.batch import (
     BehaviouralConfig,
     FeaturePlan,
@@ -85,7 +85,9 @@ class FeatureState:
     """
 
     FORMAT = "hybrid-ad.behavioural-state"
-    VERSION = 3
+    VERSION = 4
+    READS = (3, 4)
+    """Versions `from_dict` reads: 3 is 4 without distinct counts."""
 
     def __init__(
         self,
@@ -104,7 +106,8 @@ class FeatureState:
         self.evicted = 0
         self.feature_plan = plan
         self._names = plan.names()
-        self._plain_keys = all(len(key) == 1 for key in plan.keys)  # then keys = entity columns
+        # then the entity columns are exactly the keys, in order
+        self._plain_keys = plan.key_positions == tuple((i,) for i in range(len(plan.columns)))
         # per key, its value from the entity columns' values: one value, or a tuple of several
         self._key_getters = [itemgetter(*positions) for positions in plan.key_positions]
         self._tables: list[dict[Any, int]] = [{} for _ in plan.prefixes]  # entity key -> slot
@@ -143,6 +146,41 @@ class FeatureState:
         self._owners: list[tuple[int, Any] | None] = []  # slot -> (table, key), None if free
         self._free: list[int] = []
         self._one = _OneEvent(len(plan.values), len(plan.prefixes), len(self._names))
+        self._init_distinct(plan, widths)
+
+    def _init_distinct(self, plan: FeaturePlan, widths: list[int]) -> None:
+        """The distinct counts' arrays: the code column or clock period each reads, where each
+        key's counts go, and a table per (slot, count) in a heap of regions."""
+        specs = plan.distinct
+        self._d_columns = [spec.column for spec in specs if spec.column is not None]
+        self._d_positions = [plan.columns.index(column) for column in self._d_columns]
+        self._d_vocab: list[dict[Any, int]] = [{} for _ in self._d_columns]  # value -> code
+        self._d_values: list[list[Any]] = [[] for _ in self._d_columns]  # code -> value
+        self._d_column_at = np.array(
+            [-1 if spec.column is None else self._d_columns.index(spec.column) for spec in specs],
+            np.int64,
+        )
+        self._d_periods = np.array([spec.period or 0.0 for spec in specs])
+        self._d_windows = np.zeros((len(specs), max((len(s.windows) for s in specs), default=0)))
+        for index, spec in enumerate(specs):
+            self._d_windows[index, : len(spec.windows)] = spec.windows
+        self._d_n_windows = np.array([len(spec.windows) for spec in specs], np.int64)
+        self._d_horizons = np.array([max(spec.windows) for spec in specs])
+        out_at = np.full((len(plan.prefixes), len(specs)), -1, np.int64)
+        for k, own in enumerate(plan.key_distinct):
+            at = int(self._key_at[k + 1]) - sum(
+                len(spec.windows) for spec, has in zip(specs, own, strict=True) if has
+            )
+            for index, has in enumerate(own):
+                if has:
+                    out_at[k, index] = at
+                    at += len(specs[index].windows)
+        self._d_out_at = out_at
+        self._d_header = np.zeros((0, len(specs), distinct.D_WIDTH))
+        self._d_heap = np.zeros((_MIN_HEAP_ROWS if specs else 0, 2))
+        self._d_used = np.zeros(2, np.int64)
+        self._d_one = np.zeros((1, len(self._d_columns)), np.int64)  # `update`'s codes, reused
+        self._d_one_accepted = np.zeros(1, np.bool_)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -176,7 +214,7 @@ class FeatureState:
         if isinstance(parsed, str):
             self.dead_letters.append(DeadLetter(dict(event), parsed))
             return None
-        t, keys, xs, label = parsed
+        t, entity, keys, xs, label = parsed
         one = self._one
         one.times[0] = t
         one.values[0] = xs
@@ -186,6 +224,13 @@ class FeatureState:
             one.times, one.slots, one.values, one.labels, one.skip, one.learn,
             one.out, one.status, one.late_at,
         )  # fmt: skip
+        if len(self._d_column_at):
+            codes = self._d_one
+            for c, at in enumerate(self._d_positions):
+                codes[0, c] = self._code(c, entity[at])
+            accepted = self._d_one_accepted
+            accepted[0] = one.status[0] == kernel.ACCEPTED
+            self._run_distinct(one.times, one.slots, codes, accepted, one.learn, one.out)
         self._release_unused(new)
         if one.status[0] == kernel.LATE:
             reason = self._late_reason(t, one.late_at[0])
@@ -264,6 +309,10 @@ class FeatureState:
                 times[rows], slots, values[rows], labels[rows], skip, learning[rows],
                 data[rows], status[rows], late_at[rows],
             )  # fmt: skip
+            if len(self._d_column_at):
+                codes = self._codes_of_rows({c: keys[c][rows] for c in self._d_columns}, skip)
+                accepted = status[rows] == kernel.ACCEPTED
+                self._run_distinct(times[rows], slots, codes, accepted, learning[rows], data[rows])
             self._release_unused(new)
             self._maybe_sweep()
         refused: dict[int, str] = {}
@@ -314,7 +363,7 @@ class FeatureState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureState:
         """Rebuild a state saved by `to_dict`; a foreign or damaged document is an ArtifactError."""
-        if data.get("format") != cls.FORMAT or data.get("version") != cls.VERSION:
+        if data.get("format") != cls.FORMAT or data.get("version") not in cls.READS:
             raise ArtifactError(
                 f"not a {cls.FORMAT} document of version {cls.VERSION} "
                 f"(format={data.get('format')!r}, version={data.get('version')!r})"
@@ -353,6 +402,10 @@ class FeatureState:
         starts = np.cumsum(lengths) - lengths
         rows = np.repeat(offsets - starts, lengths) + np.arange(int(lengths.sum()))
         document = {**self._document(), "keys": keys}
+        if any(any(own) for own in self.feature_plan.key_distinct):
+            document["distinct"] = [
+                [self._slot_tables(slot) for slot in table.values()] for table in self._tables
+            ]
         return document, {"headers": headers, "events": self._heap[rows]}
 
     @classmethod
@@ -375,12 +428,18 @@ class FeatureState:
                 raise ValueError("buffer lengths do not match the buffered events")
             ends = np.cumsum(lengths)
             widths = [len(key) for key in state.feature_plan.keys] or [1]
+            keys = document["keys"]
+            tables = document.get("distinct") or [[None] * len(items) for items in keys]
+            if len(tables) != len(keys):
+                raise ValueError("distinct tables do not match the entity keys")
             row = 0
-            for index, (items, width) in enumerate(zip(document["keys"], widths, strict=True)):
-                for value in items:
+            for index, (items, width) in enumerate(zip(keys, widths, strict=True)):
+                for value, saved in zip(items, tables[index], strict=True):
                     key = _from_json_key(value, width)
                     start = int(ends[row] - lengths[row])
-                    state._restore_slot(index, key, headers[row].copy(), events[start : ends[row]])
+                    state._restore_slot(
+                        index, key, headers[row].copy(), events[start : ends[row]], saved
+                    )
                     row += 1
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ArtifactError(f"damaged behavioural state: {type(exc).__name__}: {exc}") from None
@@ -403,7 +462,7 @@ class FeatureState:
 
     def _parse(
         self, event: Mapping[str, Any]
-    ) -> tuple[float, tuple | list, list[float], int] | str:
+    ) -> tuple[float, tuple, tuple | list, list[float], int] | str:
         plan = self.feature_plan
         try:
             t = float(event[self.time_column])
@@ -416,7 +475,7 @@ class FeatureState:
             return f"missing column {exc.args[0]!r}"
         except (TypeError, ValueError) as exc:
             return f"bad value: {exc}"
-        return _check_event(t, entity, xs, plan) or (t, self._table_keys(entity), xs, label)
+        return _check_event(t, entity, xs, plan) or (t, entity, self._table_keys(entity), xs, label)
 
     def _table_keys(self, entity: tuple) -> tuple | list:
         """Per entity table its key: the column's value, a tuple for a composite key, or None
@@ -453,6 +512,81 @@ class FeatureState:
             )  # fmt: skip
             if done < n:
                 self._grow_heap(int(self._used[1]))
+
+    def _run_distinct(
+        self,
+        times: np.ndarray,
+        slots: np.ndarray,
+        codes: np.ndarray,
+        accepted: np.ndarray,
+        learn: np.ndarray,
+        out: np.ndarray,
+    ) -> None:
+        """The distinct counts of the accepted events into `out`; their tables' heap grows
+        whenever the kernel runs out of it."""
+        n = len(times)
+        done = 0
+        while done < n:
+            done = distinct.advance_distinct(
+                times, slots, codes, accepted, learn,
+                self._d_column_at, self._d_periods, self._d_windows, self._d_n_windows,
+                self._d_horizons, self._d_out_at,
+                self._d_header, self._d_heap, self._d_used, out, done,
+            )  # fmt: skip
+            if done < n:
+                self._grow_distinct(int(self._d_used[1]))
+
+    def _code(self, column: int, value: Any) -> int:
+        """The code of a distinct-count column's value (a new one for an unseen value)."""
+        vocab = self._d_vocab[column]
+        code = vocab.get(value)
+        if code is None:
+            code = vocab[value] = len(self._d_values[column])
+            self._d_values[column].append(value)
+        return code
+
+    def _codes_of_rows(self, columns: dict[str, np.ndarray], skip: np.ndarray) -> np.ndarray:
+        """Per row and distinct-count column, its value's code (0 for skipped rows); the
+        vocabulary is asked once per distinct value in the chunk."""
+        codes = np.zeros((len(skip), len(self._d_columns)), np.int64)
+        ok = np.flatnonzero(~skip)
+        if ok.size == 0:
+            return codes
+        for c, column in enumerate(self._d_columns):
+            values = columns[column][ok] if ok.size < len(skip) else columns[column]
+            local, uniques = pd.factorize(values)
+            code_of = np.array([self._code(c, value) for value in uniques.tolist()], np.int64)
+            codes[ok, c] = code_of[local]
+        return codes
+
+    def _grow_distinct(self, asked: int) -> None:
+        """Compact the distinct tables' heap, at twice its size when they fill more than half."""
+        keep = np.zeros(len(self._d_header), np.bool_)
+        keep[self._held_slots()] = True
+        live = int(self._d_header[keep][:, :, distinct.D_CAP].sum()) + asked
+        rows = len(self._d_heap) if 2 * live <= len(self._d_heap) else 2 * live
+        heap = np.zeros((max(rows, _MIN_HEAP_ROWS), 2))
+        self._d_used[0] = distinct.compact_distinct(self._d_header, keep, self._d_heap, heap)
+        self._d_heap = heap
+
+    def _forget_unused_values(self) -> None:
+        """Renumber each distinct-count column's vocabulary to the values some table still
+        holds, so it stays as small as the tables (values of evicted entities go)."""
+        slots = self._held_slots()
+        for s, c in enumerate(self._d_column_at.tolist()):
+            if c < 0:
+                continue
+            tables = self._d_header[slots, s]
+            lengths = tables[:, distinct.D_LEN].astype(np.int64)
+            starts = tables[:, distinct.D_OFFSET].astype(np.int64)
+            rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+                int(lengths.sum())
+            )
+            held, inverse = np.unique(self._d_heap[rows, distinct.D_CODE], return_inverse=True)
+            self._d_heap[rows, distinct.D_CODE] = inverse
+            values = [self._d_values[c][int(code)] for code in held.tolist()]
+            self._d_values[c] = values
+            self._d_vocab[c] = {value: code for code, value in enumerate(values)}
 
     def _slots_of_keys(self, keys: tuple | list, slots: np.ndarray) -> list[int]:
         """Write the slot of each key's entity into `slots` (new slots for unseen entities);
@@ -511,8 +645,13 @@ class FeatureState:
                 grown = np.zeros((max(64, 2 * len(self._header)), self._header.shape[1]))
                 grown[:slot] = self._header
                 self._header = grown
+                d_grown = np.zeros((len(grown), *self._d_header.shape[1:]))
+                d_grown[:slot] = self._d_header[:slot]
+                self._d_header = d_grown
         self._owners[slot] = (table, key)
         self._header[slot, kernel.FRESH] = 1.0
+        self._d_header[slot, :, distinct.D_LEN] = 0.0
+        self._d_header[slot, :, distinct.D_LAST] = -math.inf
         self._tables[table][key] = slot
         return slot
 
@@ -555,6 +694,8 @@ class FeatureState:
         stale = slots[floor - self._header[slots, kernel.LAST_T] > self.feature_plan.ttl]
         self._free_slots(stale.tolist())
         self.evicted += len(stale)
+        if len(self._d_columns):
+            self._forget_unused_values()
         self._next_sweep = self.watermark + self._sweep_every
 
     def _late_reason(self, t: float, watermark: float) -> str:
@@ -569,18 +710,80 @@ class FeatureState:
         header = self._header[slot].copy()
         offset, base, end = (int(header[at]) for at in (kernel.OFFSET, kernel.BASE, kernel.END))
         header[kernel.OFFSET] = header[kernel.CAP] = 0.0  # where it lives is not state
-        return {
+        saved: dict[str, Any] = {
             "header": [_json_float(value) for value in header.tolist()],
             "events": self._heap[offset : offset + end - base].tolist(),
         }
+        tables = self._slot_tables(slot)
+        if tables:
+            saved["distinct"] = tables
+        return saved
+
+    def _slot_tables(self, slot: int) -> list[list[list[Any]]]:
+        """The slot's distinct-count tables, one per count its key has (none: [])."""
+        owner = self._owners[slot]
+        assert owner is not None
+        own = self.feature_plan.key_distinct[owner[0]]
+        return [self._table_to_list(slot, s) for s, has in enumerate(own) if has]
+
+    def _table_to_list(self, slot: int, s: int) -> list[list[Any]]:
+        """A distinct count's table as [value, last time seen] pairs (values as JSON): the
+        values a window can still see, by time then value, so equal states save alike however
+        their tables were pruned."""
+        h = self._d_header[slot, s]
+        offset, length = int(h[distinct.D_OFFSET]), int(h[distinct.D_LEN])
+        rows = self._d_heap[offset : offset + length]
+        rows = rows[rows[:, distinct.D_SEEN] >= h[distinct.D_LAST] - self._d_horizons[s]]
+        c = int(self._d_column_at[s])
+        pairs = [
+            [code if c < 0 else _json_key(self._d_values[c][int(code)]), seen]
+            for code, seen in rows.tolist()
+        ]
+        return sorted(pairs, key=lambda pair: (pair[1], json.dumps(pair[0])))
+
+    def _table_from_list(self, slot: int, s: int, items: Any, last: float) -> None:
+        """Restore a table `_table_to_list` saved; values must be distinct and seen by `last`."""
+        c = int(self._d_column_at[s])
+        codes, seen = [], []
+        for value, time in items:
+            if c < 0:
+                code = float(value)
+                if not math.isfinite(code) or code != math.floor(code):
+                    raise ValueError(f"clock period {value!r} is not a whole number")
+            else:
+                if isinstance(value, list | dict) or value is None:
+                    raise ValueError(f"distinct value {value!r} is not a plain value")
+                code = float(self._code(c, value))
+            if not (math.isfinite(float(time)) and float(time) <= last):
+                raise ValueError(f"distinct value {value!r}: time {time!r} is after the entity's")
+            codes.append(code)
+            seen.append(float(time))
+        if len(set(codes)) < len(codes):
+            raise ValueError("a distinct-count table holds a value twice")
+        cap = max(distinct.D_MIN_CAPACITY, 2 * len(codes))
+        if self._d_used[0] + cap > len(self._d_heap):
+            self._grow_distinct(cap)
+        top = int(self._d_used[0])
+        self._d_heap[top : top + len(codes), distinct.D_CODE] = codes
+        self._d_heap[top : top + len(codes), distinct.D_SEEN] = seen
+        self._d_header[slot, s] = [last, len(codes), top, cap]
+        self._d_used[0] = top + cap
 
     def _slot_from_dict(self, table: int, key: Any, saved: Mapping[str, Any]) -> None:
         header = np.array([_from_json_float(value) for value in saved["header"]], np.float64)
         events = np.array(saved["events"], np.float64).reshape(-1, self._heap.shape[1])
-        self._restore_slot(table, key, header, events)
+        self._restore_slot(table, key, header, events, saved.get("distinct"))
 
-    def _restore_slot(self, table: int, key: Any, header: np.ndarray, events: np.ndarray) -> None:
-        """Give `key` a slot holding a saved header and buffer, after checking them."""
+    def _restore_slot(
+        self,
+        table: int,
+        key: Any,
+        header: np.ndarray,
+        events: np.ndarray,
+        distinct_tables: Any = None,
+    ) -> None:
+        """Give `key` a slot holding a saved header, buffer and distinct-count tables (as
+        `_table_to_list` writes them; None for none), after checking them."""
         if events.ndim != 2 or events.shape[1] != self._heap.shape[1]:
             raise ValueError("buffered events do not match the config")
         if header.shape != (self._header.shape[1],):
@@ -607,6 +810,12 @@ class FeatureState:
         self._heap[top : top + len(events)] = events
         self._header[slot] = header
         self._used[0] = top + cap
+        own = [s for s, has in enumerate(self.feature_plan.key_distinct[table]) if has]
+        tables = [[] for _ in own] if distinct_tables is None else distinct_tables
+        if len(tables) != len(own):
+            raise ValueError(f"entity {key!r}: distinct tables do not match the config")
+        for s, items in zip(own, tables, strict=True):
+            self._table_from_list(slot, s, items, float(header[kernel.LAST_T]))
 
 
 def _factorize_key(

@@ -44,10 +44,16 @@ ROWS_PER_BUCKET = 250_000
 
 def key_config(behavioural: BehaviouralConfig, index: int) -> BehaviouralConfig:
     """The config of one entity key alone: its features are exactly that key's columns of the
-    full config (label risk only if the full config gives it to this key)."""
+    full config (label risk and distinct counts only if the full config gives them to this
+    key)."""
     key = behavioural.entity_keys[index]
     raw = behavioural.model_dump(mode="json")
     raw["entity_keys"] = [key]
+    raw["distinct"] = [
+        item | {"keys": None}
+        for item, spec in zip(raw["distinct"], behavioural.distinct, strict=True)
+        if behavioural.has_distinct(spec, key)
+    ]
     if raw.get("label_risk") is not None:
         if behavioural.has_label_risk(key):
             raw["label_risk"]["keys"] = [key]
