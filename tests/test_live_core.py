@@ -39,6 +39,20 @@ def in_chunks(live, events: pd.DataFrame, size: int, **options) -> pd.DataFrame:
     return pd.concat(parts)
 
 
+def same_reasons(left: list[str], right: list[str]) -> bool:
+    """Equal reasons, the autoencoder's squared errors to float32 rounding: its inputs are in
+    robust units, so errors of 10 and more, where a batch of one and a batch of 200 can round
+    to different last printed digits (see the reconstruction-error check below)."""
+    assert len(left) == len(right)
+    for one, other in zip(left, right, strict=True):
+        a, b = json.loads(one), json.loads(other)
+        errors_a = [item.pop("squared_error") for item in a["autoencoder"]]
+        errors_b = [item.pop("squared_error") for item in b["autoencoder"]]
+        assert a == b
+        np.testing.assert_allclose(errors_a, errors_b, rtol=1e-5, atol=1e-4)
+    return True
+
+
 @pytest.mark.parametrize(
     ("size", "contributions"),
     [(1, "approximate"), (7, "approximate"), (500, "approximate"), (7, "exact")],
@@ -54,7 +68,7 @@ def test_score_many_in_micro_batches_equals_batch_score(
     assert list(streamed.columns) == list(SCORE_COLUMNS)
     np.testing.assert_allclose(streamed["score"], batch["score"], rtol=0, atol=1e-9)
     assert streamed["alert"].tolist() == batch["alert"].tolist()
-    assert streamed["reasons"].tolist() == batch["reasons"].tolist()
+    assert same_reasons(streamed["reasons"].tolist(), batch["reasons"].tolist())
     np.testing.assert_array_equal(streamed["rule_score"], batch["rule_score"])
     np.testing.assert_allclose(streamed["histogram_score"], batch["histogram_score"], rtol=1e-12)
     # float32 network: a batch of one and a batch of 200 round differently in the last bit
