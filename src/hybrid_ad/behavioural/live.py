@@ -552,6 +552,11 @@ class FeatureState:
         ok = np.flatnonzero(~skip)
         if ok.size == 0:
             return codes
+        if ok.size == 1:  # one event (the request path): no factorising, same values
+            row = int(ok[0])
+            for c, column in enumerate(self._d_columns):
+                codes[row, c] = self._code(c, columns[column][row : row + 1].tolist()[0])
+            return codes
         for c, column in enumerate(self._d_columns):
             values = columns[column][ok] if ok.size < len(skip) else columns[column]
             local, uniques = pd.factorize(values)
