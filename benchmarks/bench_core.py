@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from hybrid_ad.core.detector import Detector  # noqa: E402
+from machine_context import machine  # noqa: E402  (benchmarks/, the script's own folder)
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK = [time.perf_counter]
@@ -51,17 +52,6 @@ VARIANTS = {
 }
 """Reasons for the alerting events with exact TreeSHAP (what `explain` writes by default),
 with approximate contributions (Saabas, the live path's default), or no reasons."""
-
-
-def machine() -> str:
-    """The commit and the load average, for the figures' context."""
-    import subprocess
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"commit {commit or '?'}, {os.cpu_count()} cores, load average {load}"
 
 
 def warmed(detector: Detector, warm: pd.DataFrame, batch: int):

@@ -39,19 +39,9 @@ from hybrid_ad.stream.processor import (  # noqa: E402
 )
 from hybrid_ad.stream.publish import publish_file, text_columns  # noqa: E402
 from hybrid_ad.stream.server import private_redis  # noqa: E402
+from machine_context import machine  # noqa: E402  (benchmarks/, the script's own folder)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    """The commit and the load average, for the figures' context."""
-    import subprocess
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"commit {commit or '?'}, {os.cpu_count()} cores, load average {load}"
 
 
 def core_rate(detector: Detector, columns: dict[str, list[str]], batch: int) -> float:
