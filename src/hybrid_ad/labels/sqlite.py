@@ -9,6 +9,7 @@ row id (`seq`, one more than the largest so far) is the insertion order.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from itertools import repeat
 from pathlib import Path
@@ -65,7 +66,7 @@ class SQLiteLabelStore(SQLLabelStore):
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open as a label store ({exc})") from None
         try:
-            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             if create:
                 self._write(lambda: [self._connection.execute(sql) for sql in SCHEMA])
@@ -77,6 +78,20 @@ class SQLiteLabelStore(SQLLabelStore):
         except StoreError:
             self._connection.close()
             raise
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL (readers never block the writer). The switch needs the file
+        to itself and SQLite answers "database is locked" at once, without the busy timeout,
+        while another process opens it too (two analysts' first imports): retry until then."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _insert(self, verdicts: pd.DataFrame) -> None:
         recorded = self._to_db_time(utc_timestamp(pd.Timestamp.now("UTC")))
