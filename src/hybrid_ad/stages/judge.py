@@ -302,20 +302,11 @@ class Judge(Stage):
             raise ArtifactError(f"judge.json: cannot load model ({first_line[:200]})") from None
         judge.booster_ = booster
         judge.feature_names_ = list(booster.feature_names or [])
-        try:
-            weight = float(booster.attr("scale_pos_weight") or "")
-        except ValueError:
-            weight = math.nan
-        if not 0 < weight < math.inf:
-            raise ArtifactError("judge.json: missing or malformed scale_pos_weight attribute")
-        judge.scale_pos_weight_ = weight
-        try:  # absent in models saved before negative sampling: no correction
-            correction = float(booster.attr("odds_correction") or "1.0")
-        except ValueError:
-            correction = math.nan
-        if not 0 < correction < math.inf:
-            raise ArtifactError("judge.json: malformed odds_correction attribute")
-        judge.odds_correction_ = correction
+        judge.scale_pos_weight_ = _positive_attribute(
+            booster, "scale_pos_weight", "", "missing or malformed"
+        )
+        # absent in models saved before negative sampling: no correction
+        judge.odds_correction_ = _positive_attribute(booster, "odds_correction", "1.0", "malformed")
         return judge
 
 
@@ -325,3 +316,14 @@ def _has_best(booster: xgb.Booster) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def _positive_attribute(booster: xgb.Booster, name: str, default: str, problem: str) -> float:
+    """A positive finite number stored as a booster attribute (`default` when absent)."""
+    try:
+        value = float(booster.attr(name) or default)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ArtifactError(f"judge.json: {problem} {name} attribute")
+    return value
