@@ -48,7 +48,7 @@ from hybrid_ad.evaluation import (
 from hybrid_ad.jobs.features import check_feature_table
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.reporting.report import write_report
-from hybrid_ad.stages.features import PreparedEvents, prepare_events
+from hybrid_ad.stages.features import PreparedEvents, compact_behaviour, prepare_events
 
 MODEL_DIR = "model"
 REPORTS_DIR = "reports"
@@ -96,7 +96,7 @@ def load_data(config: Config, data_path: Path | None) -> LoadedData:
     """
     path = Path(data_path or config.data.path)
     check_feature_table(path, config)  # a backfilled table: its features are taken as given
-    events = prepare_events(read_table(path), config, str(path))
+    events = compact_behaviour(prepare_events(read_table(path), config, str(path)), config)
     split = time_split(events.frame, config.data.split)
     return LoadedData(split, events.feature_columns, file_sha256(path), path)
 
