@@ -229,8 +229,10 @@ class Autoencoder(Stage):
         copy of a million events' inputs at once was the run's peak memory."""
         network = self._fitted()
         parts = [
-            self._run(network, torch.from_numpy(self.scale_inputs(inputs[start:stop])))
-            for start, stop in _chunks(len(inputs), SCORE_BATCH)
+            self._run(
+                network, torch.from_numpy(self.scale_inputs(inputs[start : start + SCORE_BATCH]))
+            )
+            for start in range(0, len(inputs), SCORE_BATCH)
         ]
         if not parts:
             return np.zeros(0), np.zeros((0, self.config.latent_dim), np.float32)
@@ -347,10 +349,6 @@ class Autoencoder(Stage):
         model.centre_, model.spread_, model.clip_ = centre, spread, clip
         model.sample_rate_ = sample_rate
         return model
-
-
-def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def sample_rows(candidates: np.ndarray, rate: float, seed: list[int]) -> np.ndarray:
