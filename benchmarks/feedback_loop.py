@@ -168,22 +168,23 @@ def _merged(out: Path) -> dict[str, Any]:
 
 def _table(results: dict[str, Any]) -> str:
     lines = [
-        "| judge | review | labels known (positive) | test AP | precision at budget "
-        "| recall at budget |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| judge | review | labels known (positive) | unlabelled target | test AP "
+        "| precision at budget | recall at budget |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, row in results["baselines"].items():
         labels = "0" if name == "pseudo" else f"{row['labels']:,} (every train label)"
         lines.append(
-            f"| {name} | | {labels} | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
+            f"| {name} | | {labels} | | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
             f"| {row['recall_at_budget']:.3f} |"
         )
     for strategy, rows in results["loops"].items():
         for row in rows:
+            choice = row.get("unlabelled") or {}
             lines.append(
                 f"| mixed | {strategy} | {row['known']:,} ({row['known_positives']}) "
-                f"| {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
-                f"| {row['recall_at_budget']:.3f} |"
+                f"| {choice.get('unlabelled', '')} | {row['ap']:.3f} "
+                f"| {row['precision_at_budget']:.3f} | {row['recall_at_budget']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -294,6 +295,7 @@ def main() -> None:
                 "known_positives": tally["positives"] - record.reviewed_positives,
                 "arrived_positives": arrived.reviewed_positives,
                 **_measure(detector, test, test_labels),
+                "unlabelled": record.unlabelled,
                 "seconds": round(seconds, 1),
             }
             rows.append(row)
