@@ -117,17 +117,38 @@ def _hidden(part: PreparedEvents, columns: list[str | None]) -> PreparedEvents:
     return PreparedEvents(part.frame.drop(columns=present), part.feature_columns, part.source)
 
 
-def _measure(detector: Detector, test: PreparedEvents, labels: np.ndarray) -> dict[str, float]:
+def _measure(
+    detector: Detector, test: PreparedEvents, labels: np.ndarray, kinds: np.ndarray | None
+) -> dict[str, Any]:
+    """Test AP, precision and recall at the alert budget, and (with `kinds`, the anomaly kind
+    column) the recall at the budget of each kind."""
     scores = detector.score(test)["score"].to_numpy()
     assert detector.threshold_ is not None
     alerts = scores >= detector.threshold_
     caught = int((alerts & (labels == 1)).sum())
-    return {
+    measured: dict[str, Any] = {
         "ap": round(float(average_precision_score(labels, scores)), 4),
         "alerts": int(alerts.sum()),
         "precision_at_budget": round(caught / max(int(alerts.sum()), 1), 4),
         "recall_at_budget": round(caught / max(int(labels.sum()), 1), 4),
     }
+    if kinds is not None:
+        positive = labels == 1
+        measured["recall_by_kind"] = {
+            str(name): round(float(alerts[positive & (kinds == name)].mean()), 3)
+            for name in sorted(set(kinds[positive].tolist()))
+        }
+    return measured
+
+
+def _kind_counts(kinds: np.ndarray | None, labels: np.ndarray, positions: set[int]) -> dict:
+    """Reviewed anomalies per kind (read after the fact, for the report; no judge sees it)."""
+    if kinds is None or not positions:
+        return {}
+    chosen = np.fromiter(positions, dtype=np.int64)
+    chosen = chosen[labels[chosen] == 1]
+    names, counts = np.unique(kinds[chosen].astype(str), return_counts=True)
+    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -168,22 +189,23 @@ def _merged(out: Path) -> dict[str, Any]:
 
 def _table(results: dict[str, Any]) -> str:
     lines = [
-        "| judge | review | labels known (positive) | test AP | precision at budget "
-        "| recall at budget |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| judge | review | labels known (positive) | unlabelled target | test AP "
+        "| precision at budget | recall at budget |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, row in results["baselines"].items():
         labels = "0" if name == "pseudo" else f"{row['labels']:,} (every train label)"
         lines.append(
-            f"| {name} | | {labels} | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
+            f"| {name} | | {labels} | | {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
             f"| {row['recall_at_budget']:.3f} |"
         )
     for strategy, rows in results["loops"].items():
         for row in rows:
+            choice = row.get("unlabelled") or {}
             lines.append(
                 f"| mixed | {strategy} | {row['known']:,} ({row['known_positives']}) "
-                f"| {row['ap']:.3f} | {row['precision_at_budget']:.3f} "
-                f"| {row['recall_at_budget']:.3f} |"
+                f"| {choice.get('unlabelled', '')} | {row['ap']:.3f} "
+                f"| {row['precision_at_budget']:.3f} | {row['recall_at_budget']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -229,6 +251,15 @@ def main() -> None:
     print(f"label-free model ready, {time.perf_counter() - started:.0f} s", flush=True)
     test = data.part("test")
     test_labels = data.split.test[label].to_numpy(np.int8)
+    has_kinds = kind is not None and kind in data.split.test
+    test_kinds = data.split.test[kind].to_numpy(dtype=str) if has_kinds else None
+    seen_kinds = (
+        np.concatenate(
+            [data.split.train[kind].to_numpy(dtype=str), data.split.validation[kind].to_numpy(str)]
+        )
+        if has_kinds
+        else None
+    )
     results: dict[str, Any] = {
         "dataset": args.dataset,
         "data": str(data_path),
@@ -240,7 +271,7 @@ def main() -> None:
             p: int(getattr(data.split, p)[label].sum()) for p in ("train", "validation", "test")
         },
         "judge_mixed": config_to_dict(config)["judge"]["mixed"],
-        "baselines": {"pseudo": {"labels": 0, **_measure(base, test, test_labels)}},
+        "baselines": {"pseudo": {"labels": 0, **_measure(base, test, test_labels, test_kinds)}},
         "loops": {},
     }
     raw = config_to_dict(config)
@@ -251,7 +282,7 @@ def main() -> None:
         supervised.fit_judge(data.part("train"), data.part("validation"))
         results["baselines"]["truth"] = {
             "labels": len(data.split.train),
-            **_measure(supervised, test, test_labels),
+            **_measure(supervised, test, test_labels, test_kinds),
         }
     print(json.dumps(results["baselines"]), flush=True)
 
@@ -266,6 +297,7 @@ def main() -> None:
         loop_started = time.perf_counter()
         tally = {"reviewed": 0, "positives": 0}
         by_block: dict[int, BlockRecord] = {}
+        oracle = Oracle(seen_labels)
 
         def checkpoint(
             record: BlockRecord,
@@ -275,6 +307,7 @@ def main() -> None:
             loop_started: float = loop_started,
             tally: dict[str, int] = tally,
             by_block: dict[int, BlockRecord] = by_block,
+            oracle: Oracle = oracle,
         ) -> None:
             by_block[record.block] = record
             tally["reviewed"] += record.reviewed
@@ -293,7 +326,10 @@ def main() -> None:
                 "known": record.known_labels,
                 "known_positives": tally["positives"] - record.reviewed_positives,
                 "arrived_positives": arrived.reviewed_positives,
-                **_measure(detector, test, test_labels),
+                **_measure(detector, test, test_labels, test_kinds),
+                "reviewed_by_kind": _kind_counts(seen_kinds, seen_labels, oracle.reviewed),
+                "unlabelled": record.unlabelled,
+                "judge_rounds": detector.judge_.best_round if detector.judge_ else None,
                 "seconds": round(seconds, 1),
             }
             rows.append(row)
@@ -304,7 +340,6 @@ def main() -> None:
                 json.dumps(results, indent=2) + "\n"
             )
 
-        oracle = Oracle(seen_labels)
         result = feedback_loop(
             base, train, validation, oracle, spec["block_seconds"], args.schedule, strategy,
             on_block=checkpoint,

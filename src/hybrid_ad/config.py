@@ -302,10 +302,11 @@ class MixedLabelConfig(StrictModel):
         description="with label_weight null: the known labels' share of the part's total "
         "training weight, split evenly among them",
     )
-    unlabelled: Literal["soft", "zero"] = Field(
-        "soft",
-        description="target of an event without a label: soft (the label-free target) or "
-        "zero (taken as normal, PU-style)",
+    unlabelled: Literal["auto", "soft", "zero"] = Field(
+        "auto",
+        description="target of an event without a label: soft (the label-free target), "
+        "zero (taken as normal, PU-style), or auto: at each fit, the one whose judge ranks "
+        "held-out known labels better (cross-validated on the known labels only)",
     )
 
 

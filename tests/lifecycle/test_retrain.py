@@ -92,6 +92,37 @@ def test_mixed_targets_are_known_labels_where_known_and_soft_elsewhere() -> None
     assert only_negatives[rest].tolist() == [1.0] * len(rest)
 
 
+def test_auto_target_choice_never_reads_an_unreviewed_label() -> None:
+    """`unlabelled: auto` compares its candidates on the known labels: permuting the label
+    column among the events no analyst reviewed gives the same choice and the same judge."""
+    config = config_from_dict(small_config_dict(judge={"label_source": "mixed"}))
+    assert config.judge.mixed.unlabelled == "auto"
+    events, _ = validate_events(make_events(3000, seed=2, fraud_rate=0.04), config.data, "events")
+    train, validation = events.iloc[:2200], events.iloc[2200:]
+    label = train["Class"].to_numpy()
+    reviewed = np.concatenate([np.flatnonzero(label == 1)[:12], np.flatnonzero(label == 0)[:24]])
+    ids = event_ids(train, config.data)
+    known = pd.Series(label[reviewed].astype(float), index=ids.iloc[reviewed].to_numpy())
+    judges, choices = [], []
+    for shuffle in (False, True):
+        part = train.copy()
+        if shuffle:
+            rest = np.setdiff1d(np.arange(len(part)), reviewed)
+            values = part["Class"].to_numpy().copy()
+            values[rest] = np.random.default_rng(4).permutation(values[rest])
+            assert (values != label).any()
+            part["Class"] = values
+        detector = Detector(config)
+        detector.known_labels = known
+        detector.fit(part, validation)
+        assert detector.judge_ is not None and detector.mixed_choice_ is not None
+        judges.append(detector.judge_.to_bytes())
+        choices.append(detector.mixed_choice_)
+    assert choices[0].reason.startswith("auto: mean held-out AP")  # the comparison ran
+    assert choices[0] == choices[1]
+    assert judges[0] == judges[1]
+
+
 def test_mixed_refuses_label_reading_configs() -> None:
     with pytest.raises(ConfigError, match="best_f1 reads validation labels, and mixed mode"):
         config_from_dict(

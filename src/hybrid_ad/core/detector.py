@@ -41,7 +41,13 @@ from hybrid_ad.stages.label_free import (
     prior,
     soft_targets,
 )
-from hybrid_ad.stages.mixed_labels import mixed_targets, mixed_weights
+from hybrid_ad.stages.mixed_labels import (
+    UnlabelledChoice,
+    choose_unlabelled,
+    configured_unlabelled,
+    mixed_targets,
+    mixed_weights,
+)
 from hybrid_ad.stages.rules import RuleResult, RuleSet
 
 if TYPE_CHECKING:
@@ -97,6 +103,8 @@ class Detector:
         self.data_sha256_: str | None = None
         self.known_labels: pd.Series | None = None
         """For `judge.label_source: mixed`: a label store's labels (0/1) by event id."""
+        self.mixed_choice_: UnlabelledChoice | None = None
+        """`mixed` mode: the unlabelled events' target the last `fit_judge` used, and why."""
         self._reused: dict[int, tuple[Columns, StageOutputs]] | None = None
 
     def release_outputs(self, frame: Events) -> None:
@@ -211,6 +219,9 @@ class Detector:
         judge = Judge(self.config.judge, seed=self.config.seed)
         title = "judge" if use_autoencoder else "judge (no autoencoder)"
         reference = self._prior(train_outputs)
+        self.mixed_choice_ = None
+        if self.config.judge.label_source == "mixed":
+            self.mixed_choice_ = self._choose_unlabelled(train, train_outputs, inputs, reference)
         with self.progress.task(title, self.config.judge.n_estimators) as advance:
             judge.fit(
                 inputs,
@@ -261,17 +272,39 @@ class Detector:
         """The judge's targets: the label column in `truth` mode; otherwise soft targets from
         the label-free prior, against the training prior `reference` (hybrid_ad.stages.label_free),
         replaced in `mixed` mode by the known label (0/1) where `known_labels` has the event
-        (`hybrid_ad.stages.mixed_labels`: and, with `unlabelled: zero`, 0 elsewhere)."""
+        (`hybrid_ad.stages.mixed_labels`: and by 0 elsewhere where `unlabelled` is, or `auto`
+        chose, `zero`)."""
         if self.config.judge.label_source == "truth":
             return events[self.config.data.label].to_numpy(np.int8)
         contamination = self.config.judge.pseudo.contamination_range
         targets = soft_targets(self._prior(outputs), reference, contamination)
         if self.config.judge.label_source == "mixed":
+            mixed = self.config.judge.mixed
             known = self.known_labels_for(events)
-            assert self.known_labels is not None
-            any_positive = bool((self.known_labels == 1).any())
-            targets = mixed_targets(targets, known, self.config.judge.mixed, any_positive)
+            if mixed.unlabelled == "auto":
+                if self.mixed_choice_ is None:
+                    raise RuntimeError("judge.mixed.unlabelled: auto is chosen in fit_judge")
+                choice = self.mixed_choice_
+            else:
+                choice = configured_unlabelled(mixed, self._any_known_positive())
+            targets = mixed_targets(targets, known, choice.unlabelled)
         return targets
+
+    def _any_known_positive(self) -> bool:
+        assert self.known_labels is not None
+        return bool((self.known_labels == 1).any())
+
+    def _choose_unlabelled(
+        self, events: pd.DataFrame, outputs: StageOutputs, inputs: np.ndarray, reference: np.ndarray
+    ) -> UnlabelledChoice:
+        """`mixed` mode: the unlabelled events' target (`choose_unlabelled`: with `auto`,
+        compared on the training part's known labels alone)."""
+        contamination = self.config.judge.pseudo.contamination_range
+        soft = soft_targets(self._prior(outputs), reference, contamination)
+        known = self.known_labels_for(events)
+        return choose_unlabelled(
+            inputs, soft, known, self.config.judge, self.config.seed, self._any_known_positive()
+        )
 
     def training_weights(self, events: pd.DataFrame) -> np.ndarray | None:
         """Sample weights in `mixed` mode (`hybrid_ad.stages.mixed_labels.mixed_weights`: the

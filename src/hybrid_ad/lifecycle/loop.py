@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,8 @@ class BlockRecord:
     reviewed: int
     """Events the analyst reviewed from this block (their labels arrive `delay` blocks on)."""
     reviewed_positives: int
+    unlabelled: dict[str, Any] | None = None
+    """The retrained judge's choice of target for unreviewed events (`UnlabelledChoice`)."""
 
 
 @dataclass
@@ -163,6 +166,11 @@ def feedback_loop(
             retrained=retrained,
             reviewed=len(reviewed),
             reviewed_positives=int(verdicts.sum()),
+            unlabelled=(
+                detector.mixed_choice_.to_dict()
+                if retrained and detector.mixed_choice_ is not None
+                else None
+            ),
         )
         result.blocks.append(record)
         if on_block is not None:

@@ -5,7 +5,9 @@ thresholds, autoencoder, histogram detector, tail scales) never read labels, so 
 them would learn nothing from the new labels; it would only move every judge input and the
 prior under the judge, making the change from one version to the next about more than the
 labels. They are kept as saved. The judge is refitted with `judge.label_source: mixed`
-(labels from the store where known, label-free soft targets elsewhere), and its alert
+(labels from the store where known; elsewhere the label-free soft targets or, where
+`judge.mixed.unlabelled: auto` finds that it ranks the known labels better, 0; the manifest
+records the choice as `retrain.unlabelled`), and its alert
 threshold is chosen again on validation by the alert budget, since a new judge has a new
 score scale.
 
@@ -114,6 +116,7 @@ def retrain(
         "data": {"path": str(data_path), "sha256": data.sha256},
         "refitted": ["judge", "threshold"],
         "label_snapshot": {**snapshot, "matched_events": matched},
+        "unlabelled": detector.mixed_choice_.to_dict() if detector.mixed_choice_ else None,
     }
     detector.save(out_dir, lineage=lineage)
     return RetrainResult(Path(out_dir), lineage["label_snapshot"], float(detector.threshold_))
