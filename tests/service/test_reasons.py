@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from hybrid_ad.core import scoring
 from hybrid_ad.core.detector import Detector
 from hybrid_ad.core.scoring import REASONS_PER_STAGE, json_numbers, python_round, top_indices
 from hybrid_ad.service.schema import EventSchema
@@ -81,3 +82,19 @@ def test_reasons_are_the_bytes_json_dumps_writes(explained: list[str]) -> None:
         numbers = [*weights, *errors, *(item["value"] for item in judged)]
         assert all(round(number, 4) == number for number in numbers)
     assert fired  # some events fire rules: their part is covered too
+
+
+def test_reasons_explained_beside_the_judge_equal_the_sequential_ones(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = Detector.load(trained.model)
+    schema = EventSchema(detector)
+    events, _ = schema.parse(json.dumps(as_json(trained.events.iloc[:100])).encode())
+    columns = schema.columns_of(events)
+    live = detector.live()
+    assert len(events) >= scoring.BESIDE_ROWS
+    beside = live.score_many(columns, remember=False, explain="all").columns
+    monkeypatch.setattr(scoring, "BESIDE_ROWS", len(events) + 1)
+    alone = live.score_many(columns, remember=False, explain="all").columns
+    assert beside["reasons"].tolist() == alone["reasons"].tolist()
+    assert np.array_equal(beside["score"], alone["score"])

@@ -9,6 +9,7 @@ judge inputs and the reasons exist once. Prepared events are validated events wi
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
@@ -30,6 +31,11 @@ writes by default), or approximate path attribution (Saabas, XGBoost's `approx_c
 compiled in `hybrid_ad.stages.saabas`; the live path's default), some 100x cheaper per
 explained event. Both sum with the bias to the margin."""
 REASONS_PER_STAGE = 3
+BESIDE_ROWS = 32
+"""Batches of at least this many events explained on every event, approximately, are
+explained on a second thread while the judge scores them: XGBoost, the compiled walk of the
+trees and torch release the GIL, so on two cores the reasons take about the judge's time off
+the batch; for a few events the hand-over would cost more than it saves."""
 
 
 def check_contributions(value: str, flag: str = "--contributions") -> Contributions:
@@ -68,6 +74,12 @@ def score_prepared(
     """
     outputs = detector.label_free_outputs(events)
     inputs, names = detector.judge_inputs(outputs)
+    beside = None
+    if explain == "all" and contributions == "approximate" and len(inputs) >= BESIDE_ROWS:
+        every = np.arange(len(inputs))
+        beside = explainer().submit(
+            explain_rows, detector, outputs, inputs, names, every, threads, contributions
+        )
     score = detector.fitted_judge().predict_proba(inputs, threads)
     threshold = detector.threshold_
     alert = score >= threshold if threshold is not None else np.zeros(len(score), dtype=bool)
@@ -77,8 +89,11 @@ def score_prepared(
         rows = np.flatnonzero(alert)
     else:
         rows = np.zeros(0, dtype=np.int64)
+    if beside is not None:
+        explained = beside.result()
+    else:
+        explained = explain_rows(detector, outputs, inputs, names, rows, threads, contributions)
     reasons: list[str | None] = [None] * len(score)
-    explained = explain_rows(detector, outputs, inputs, names, rows, threads, contributions)
     for row, text in zip(rows.tolist(), explained, strict=True):
         reasons[row] = text
     return Scored(
@@ -92,6 +107,12 @@ def score_prepared(
         rules_hit=outputs.rules.hit_names(),
         clipped=outputs.features.clipped_names(),
     )
+
+
+@lru_cache(maxsize=1)
+def explainer() -> ThreadPoolExecutor:
+    """The one thread that explains a batch beside the judge's scoring (`BESIDE_ROWS`)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
 
 
 def explain_rows(
