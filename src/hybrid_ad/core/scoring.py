@@ -142,38 +142,31 @@ def explain_rows(
     autoencoder, ae_inputs = detector.autoencoder_, detector.autoencoder_inputs_
     assert autoencoder is not None and ae_inputs is not None
     input_errors = autoencoder.input_errors(outputs.features.scaled[rows][:, ae_inputs])
-    scaled_names = outputs.features.scaled_names
     rules = outputs.rules
     texts = reason_texts(
         tuple(rules.names),
         tuple(rules.reasons),
         tuple(names),
-        tuple(scaled_names[i] for i in ae_inputs),
+        tuple(outputs.features.scaled_names),
+        tuple(np.asarray(ae_inputs).tolist()),
     )
     top_judge = top_indices(np.abs(shares), REASONS_PER_STAGE)
     top_ae = top_indices(input_errors, REASONS_PER_STAGE)
-    judged = (
+    at = np.arange(len(rows))[:, None]
+    judged = _joined(
         texts.judge[top_judge]
-        + json_numbers(np.take_along_axis(chosen, top_judge, axis=1))
+        + json_numbers(chosen[at, top_judge])
         + ',"contribution":'
-        + json_numbers(np.take_along_axis(shares, top_judge, axis=1))
+        + json_numbers(shares[at, top_judge])
         + "}"
     )
-    worst = (
-        texts.autoencoder[top_ae]
-        + json_numbers(np.take_along_axis(input_errors, top_ae, axis=1))
-        + "}"
-    )
-    payload = (
-        '{"rules":['
-        + texts.fired(rules.hits[rows])
-        + '],"judge":['
-        + _joined(judged)
-        + '],"autoencoder":['
-        + _joined(worst)
-        + "]}"
-    )
-    return payload.tolist()
+    worst = _joined(texts.autoencoder[top_ae] + json_numbers(input_errors[at, top_ae]) + "}")
+    return [
+        f'{{"rules":[{fired}],"judge":[{judge_part}],"autoencoder":[{ae_part}]}}'
+        for fired, judge_part, ae_part in zip(
+            texts.fired(rules.hits[rows]), judged, worst, strict=True
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -187,9 +180,9 @@ class ReasonTexts:
     autoencoder: np.ndarray
     """Per autoencoder input, `{"input":...,"squared_error":`."""
 
-    def fired(self, hits: np.ndarray) -> np.ndarray:
+    def fired(self, hits: np.ndarray) -> list[str]:
         """The fired rules' fragments of each row of `hits`, joined (most events fire none)."""
-        fired = np.full(len(hits), "", dtype=object)
+        fired = [""] * len(hits)
         for row in np.flatnonzero(hits.any(axis=1)).tolist():
             fired[row] = ",".join(self.rules[i] for i in np.flatnonzero(hits[row]).tolist())
         return fired
@@ -200,9 +193,11 @@ def reason_texts(
     rule_names: tuple[str, ...],
     rule_reasons: tuple[str, ...],
     judge_names: tuple[str, ...],
-    autoencoder_names: tuple[str, ...],
+    scaled_names: tuple[str, ...],
+    autoencoder_inputs: tuple[int, ...],
 ) -> ReasonTexts:
-    """The JSON fragments of a model's reasons (names as `readable_input` says them)."""
+    """The JSON fragments of a model's reasons (names as `readable_input` says them); the
+    autoencoder's inputs are columns of the scaled features."""
 
     def text(value: str) -> str:
         return json.dumps(value)
@@ -218,18 +213,13 @@ def reason_texts(
             for name, reason in zip(rule_names, rule_reasons, strict=True)
         ],
         judge=starts(judge_names, "value"),
-        autoencoder=starts(autoencoder_names, "squared_error"),
+        autoencoder=starts(tuple(scaled_names[i] for i in autoencoder_inputs), "squared_error"),
     )
 
 
-def _joined(items: np.ndarray) -> np.ndarray:
-    """Each row's items joined with commas: an (n,) object array of str."""
-    if items.shape[1] == 0:
-        return np.full(len(items), "", dtype=object)
-    joined = items[:, 0]
-    for column in range(1, items.shape[1]):
-        joined = joined + "," + items[:, column]
-    return joined
+def _joined(items: np.ndarray) -> list[str]:
+    """Each row's items (an object array of str) joined with commas."""
+    return [",".join(row) for row in items.tolist()]
 
 
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:
@@ -267,13 +257,14 @@ def _top(values, out):  # pragma: no cover - compiled
 
 DIGITS = 4
 """Decimals of the numbers in the reasons."""
+FEW_VALUES = 32
 
 
 def json_numbers(values: np.ndarray) -> np.ndarray:
     """`json.dumps(round(value, DIGITS))` of every value, as an object array of str."""
     rounded = python_round(values, DIGITS)
-    text = np.empty(rounded.shape, dtype=object)
-    text.ravel()[:] = list(map(float.__repr__, rounded.ravel().tolist()))
+    text = np.array(list(map(float.__repr__, rounded.ravel().tolist())), dtype=object)
+    text = text.reshape(rounded.shape)
     odd = ~np.isfinite(rounded)
     if odd.any():  # json's NaN and Infinity, not repr's nan and inf
         text[odd] = [json.dumps(value) for value in rounded[odd].tolist()]
@@ -283,7 +274,11 @@ def json_numbers(values: np.ndarray) -> np.ndarray:
 def python_round(values: np.ndarray, digits: int) -> np.ndarray:
     """Python's `round(value, digits)` of every value, as numpy: `rint(value * 10**digits) /
     10**digits` is the same double unless the product lies within its rounding error of a
-    half (or is huge, or not finite); those few take Python's correctly rounded `round`."""
+    half (or is huge, or not finite); those few take Python's correctly rounded `round`, and
+    so do a few values (one event's), for which numpy's calls cost more than `round`."""
+    if values.size <= FEW_VALUES:
+        rounded = [round(value, digits) for value in values.ravel().tolist()]
+        return np.array(rounded, dtype=np.float64).reshape(values.shape)
     scale = 10.0**digits
     scaled = np.asarray(values, dtype=np.float64) * scale
     out = np.rint(scaled) / scale
