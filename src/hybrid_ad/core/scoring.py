@@ -129,10 +129,10 @@ def explain_rows(
     to the log-odds, which with the bias sum to the margin); the autoencoder's
     worst-reconstructed inputs. TreeSHAP is the costly part, so it runs on these rows only.
 
-    Built for the whole batch at once, column by column (the top inputs by a compiled loop,
-    the values rounded and written as numpy object arrays, the texts of the names made once
-    per model): the same bytes `json.dumps` writes for each event's dict, at a fraction of
-    the cost, since every answer of the service carries them."""
+    Built for the whole batch at once (the top inputs by a compiled loop, the values rounded
+    and written in bulk, the names' JSON made once per model, one f-string per event): the
+    same bytes `json.dumps` writes of each event's dict, at a fraction of the cost, since
+    every answer of the service carries them."""
     if len(rows) == 0:
         return []
     chosen = inputs[rows]
