@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hybrid_ad.artifacts import MANIFEST, sha256_bytes
 from hybrid_ad.core.detector import Detector, require_judge
@@ -136,7 +138,12 @@ class Runtime:
     # -- start, reload, stop --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model and restore the state; on failure `failure` holds the one line."""
+        """Load the model and restore the state; on failure `failure` holds the one line.
+
+        torch gets one thread, as the scorer: with its default (one per core) the second core
+        spun for the autoencoder's small layers, 15 to 20 % more CPU per event in batches of
+        100 and a fifth fewer events per second (measured with OMP_NUM_THREADS 2 against 1)."""
+        torch.set_num_threads(1)
         try:
             detector, manifest, path = await asyncio.to_thread(self._load_model)
             state = self.state_dir.load() if self.state_dir is not None else None
@@ -373,15 +380,20 @@ def _answer(served: ServedModel, scored: ScoredBatch, start: int, end: int, sing
     items: list[str | None] = [None] * (end - start)
     positions = scored.positions
     first, last = np.searchsorted(positions, [start, end])  # positions are in input order
-    columns = {name: scored.columns[name][first:last].tolist() for name in ANSWERED}
-    threshold = _number(served.detector.threshold_)
+    columns = {name: scored.columns[name][first:last] for name in ANSWERED}
+    head = '{"event_id":'
+    tail = f',"threshold":{_number(served.detector.threshold_)},"reasons":'
     for position, event_id, score, alert, reasons in zip(
-        positions[first:last].tolist(), *columns.values(), strict=True
+        (positions[first:last] - start).tolist(),
+        map(_json_text, columns["event_id"].tolist()),
+        _numbers(columns["score"]),
+        np.where(columns["alert"].astype(bool), ',"alert":true', ',"alert":false').tolist(),
+        columns["reasons"].tolist(),
+        strict=True,
     ):
-        items[position - start] = (
-            f'{{"event_id":{json.dumps(event_id)},"score":{_number(score)},'
-            f'"alert":{"true" if alert else "false"},"threshold":{threshold},'
-            f'"reasons":{reasons or "null"},"model_version":{version}}}'
+        items[position] = (
+            f'{head}{event_id},"score":{score}{alert}{tail}{reasons or "null"},'
+            f'"model_version":{version}}}'
         )
     id_column = served.detector.config.data.event_id
     refused = False
@@ -398,6 +410,20 @@ def _answer(served: ServedModel, scored: ScoredBatch, start: int, end: int, sing
         status = 422 if refused else 200
         return Answer(status, (items[0] or "null").encode())
     return Answer(200, ("[" + ",".join(item or "null" for item in items) + "]").encode())
+
+
+def _json_text(value: Any) -> str:
+    """`json.dumps` of an event id: the C encoder for the usual string, without the wrapper."""
+    return encode_basestring_ascii(value) if type(value) is str else json.dumps(value, default=str)
+
+
+def _numbers(values: np.ndarray) -> list[str]:
+    """`_number` of each value: repr of the float, null where it is not finite."""
+    floats = np.asarray(values, dtype=np.float64)
+    texts = list(map(float.__repr__, floats.tolist()))
+    for at in np.flatnonzero(~np.isfinite(floats)).tolist():
+        texts[at] = "null"
+    return texts
 
 
 def _number(value: Any) -> str:
