@@ -190,7 +190,10 @@ class FeatureBuilder(Stage):
 
     def _raw(self, frame: Columns) -> np.ndarray:
         columns = self._all_columns()
-        missing = [name for name in columns if name not in frame]
+        if isinstance(frame, ColumnBlocks):  # worked out once per layout, not per name
+            missing = frame.missing(columns)
+        else:
+            missing = [name for name in columns if name not in frame]
         if missing:
             raise InputError(f"missing feature column '{missing[0]}'")
         if isinstance(frame, pd.DataFrame):
