@@ -147,6 +147,12 @@ class FeatureState:
         self._free: list[int] = []
         self._one = _OneEvent(len(plan.values), len(plan.prefixes), len(self._names))
         self._init_distinct(plan, widths)
+        needed = [(time_column, "time")]
+        needed += [(column, "entity") for column in plan.columns]
+        needed += [(value, "value") for value in plan.values]
+        if plan.risk_delay is not None and label_column is not None:
+            needed.append((label_column, "label"))
+        self._needed = needed  # the columns `step` reads, with their roles
 
     def _init_distinct(self, plan: FeaturePlan, widths: list[int]) -> None:
         """The distinct counts' arrays: the code column or clock period each reads, where each
@@ -272,12 +278,7 @@ class FeatureState:
         a time; only malformed rows take the per-row path, to find their reason.
         """
         plan = self.feature_plan
-        needed = [(self.time_column, "time")]
-        needed += [(column, "entity") for column in plan.columns]
-        needed += [(value, "value") for value in plan.values]
-        if plan.risk_delay is not None and self.label_column is not None:
-            needed.append((self.label_column, "label"))
-        for column, role in needed:
+        for column, role in self._needed:
             if column not in columns:
                 raise InputError(f"behavioural features: unknown {role} column '{column}'")
         times = _float_column(columns[self.time_column])
@@ -285,10 +286,12 @@ class FeatureState:
         values = np.empty((n, len(plan.values)))
         for v, column in enumerate(plan.values):
             values[:, v] = _float_column(columns[column])
-        suspect = ~np.isfinite(times) | ~np.isfinite(values).all(axis=1)
+        suspect = ~(np.isfinite(times) & np.isfinite(values).all(axis=1))
         keys = {column: _object_column(columns[column]) for column in plan.columns}
         for column in plan.columns:
-            suspect |= np.asarray(pd.isna(keys[column]), dtype=bool)
+            missing = _missing(keys[column])
+            if missing is not None:
+                suspect |= missing
         labels = np.full(n, -1, np.int64)
         if plan.risk_delay is not None and self.label_column is not None:
             raw = pd.Series(_object_column(columns[self.label_column]))
@@ -296,34 +299,41 @@ class FeatureState:
             suspect |= ~(np.isnan(numeric) | (numeric == 0.0) | (numeric == 1.0))
             suspect |= np.isnan(numeric) & raw.notna().to_numpy()
             labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64)
-        learning = np.ascontiguousarray(np.broadcast_to(np.asarray(learn, dtype=np.bool_), (n,)))
-        width = len(self._names)
-        data = np.empty((n, width))
+        if isinstance(learn, bool | np.bool_):
+            learning = np.full(n, bool(learn), dtype=np.bool_)
+        else:
+            learning = np.ascontiguousarray(np.broadcast_to(np.asarray(learn, np.bool_), (n,)))
+        data = np.empty((n, len(self._names)))
         status = np.empty(n, np.int8)
         late_at = np.zeros(n)
         for start in range(0, n, _CHUNK):
-            rows = slice(start, min(start + _CHUNK, n))
+            rows = slice(start, min(start + _CHUNK, n)) if n > _CHUNK else slice(None)
+            part = keys if n <= _CHUNK else {c: key[rows] for c, key in keys.items()}
             skip = suspect[rows]
-            slots, new = self._slots_of_rows({c: keys[c][rows] for c in plan.columns}, skip)
+            slots, new = self._slots_of_rows(part, skip)
             self._run(
                 times[rows], slots, values[rows], labels[rows], skip, learning[rows],
                 data[rows], status[rows], late_at[rows],
             )  # fmt: skip
             if len(self._d_column_at):
-                codes = self._codes_of_rows({c: keys[c][rows] for c in self._d_columns}, skip)
+                codes = self._codes_of_rows(part, skip)
                 accepted = status[rows] == kernel.ACCEPTED
                 self._run_distinct(times[rows], slots, codes, accepted, learning[rows], data[rows])
             self._release_unused(new)
             self._maybe_sweep()
+        accepted = status == kernel.ACCEPTED
         refused: dict[int, str] = {}
-        for i in np.flatnonzero(status != kernel.ACCEPTED).tolist():
-            if status[i] == kernel.LATE:
-                refused[i] = self._late_reason(float(times[i]), late_at[i])
-            else:
-                event = {column: _item(columns[column], i) for column, _ in needed}
-                parsed = self._parse(event)
-                refused[i] = parsed if isinstance(parsed, str) else "missing or non-numeric value"
-        return Step(data, status == kernel.ACCEPTED, refused)
+        if not accepted.all():
+            for i in np.flatnonzero(~accepted).tolist():
+                if status[i] == kernel.LATE:
+                    refused[i] = self._late_reason(float(times[i]), late_at[i])
+                else:
+                    event = {column: _item(columns[column], i) for column, _ in self._needed}
+                    parsed = self._parse(event)
+                    refused[i] = (
+                        parsed if isinstance(parsed, str) else "missing or non-numeric value"
+                    )
+        return Step(data, accepted, refused)
 
     def _kept(self, frame: pd.DataFrame, step: Step, dead_letters: bool) -> pd.DataFrame:
         """The accepted rows of a step as a frame; the refused ones as dead letters."""
@@ -856,6 +866,17 @@ def _object_column(values: Any) -> np.ndarray:
     if isinstance(values, pd.Series):
         return values.to_numpy()
     return values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+
+
+def _missing(values: np.ndarray) -> np.ndarray | None:
+    """Which entity keys are missing (None, NaN, NA), or None when none can be: a column of
+    text has no missing value, and checking that is cheaper than `pd.isna` on a few rows."""
+    if values.dtype.kind in "biuUS":
+        return None
+    few = values.dtype.kind == "O" and len(values) <= _FEW_ROWS
+    if few and all(type(value) is str for value in values.tolist()):
+        return None
+    return np.asarray(pd.isna(values), dtype=bool)
 
 
 def _item(values: Any, position: int) -> Any:
