@@ -496,11 +496,12 @@ def derived_event_ids(
         return []
     names = sorted(features)
     block = np.empty((n, 1 + len(names)), dtype="<f8")
-    block[:, 0] = np.asarray(seconds, dtype=np.float64) + 0.0
+    block[:, 0] = seconds
     for position, name in enumerate(names, start=1):
-        block[:, position] = np.asarray(features[name], dtype=np.float64) + 0.0
+        block[:, position] = features[name]
+    block += 0.0  # -0.0 as 0.0, in place
     width = block.shape[1] * 8
-    rows = memoryview(np.ascontiguousarray(block)).cast("B")
+    rows = memoryview(block).cast("B")
     sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
     if not keys:  # each row's bytes hashed in place, not copied: a quarter less time
         return [
