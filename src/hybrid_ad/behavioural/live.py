@@ -221,10 +221,28 @@ class FeatureState:
             self.dead_letters.append(DeadLetter(dict(event), parsed))
             return None
         t, entity, keys, xs, label = parsed
+        late = self._one_event(t, entity, keys, xs, label, learn=True)
+        if late is not None:
+            self.dead_letters.append(DeadLetter(dict(event), late))
+            return None
+        return dict(zip(self._names, self._one.out[0].tolist(), strict=True))
+
+    def _one_event(
+        self,
+        t: float,
+        entity: tuple | list,
+        keys: tuple | list,
+        xs: list[float],
+        label: int,
+        learn: bool,
+    ) -> str | None:
+        """One checked event through the kernels, in the buffers allocated once
+        (`_OneEvent`): its features are in `self._one.out[0]`; the reason if it was late."""
         one = self._one
         one.times[0] = t
         one.values[0] = xs
         one.labels[0] = label
+        one.learn[0] = learn
         new = self._slots_of_keys(keys, one.slot_row)
         self._run(
             one.times, one.slots, one.values, one.labels, one.skip, one.learn,
@@ -239,11 +257,9 @@ class FeatureState:
             self._run_distinct(one.times, one.slots, codes, accepted, one.learn, one.out)
         self._release_unused(new)
         if one.status[0] == kernel.LATE:
-            reason = self._late_reason(t, one.late_at[0])
-            self.dead_letters.append(DeadLetter(dict(event), reason))
-            return None
+            return self._late_reason(t, one.late_at[0])
         self._maybe_sweep()
-        return dict(zip(self._names, one.out[0].tolist(), strict=True))
+        return None
 
     def update_many(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`update` for each row in order; rows refused as dead letters are left out.
@@ -281,6 +297,9 @@ class FeatureState:
         for column, role in self._needed:
             if column not in columns:
                 raise InputError(f"behavioural features: unknown {role} column '{column}'")
+        one = self._typed_event(columns, learn)
+        if one is not None:
+            return one
         times = _float_column(columns[self.time_column])
         n = len(times)
         values = np.empty((n, len(plan.values)))
@@ -334,6 +353,41 @@ class FeatureState:
                         parsed if isinstance(parsed, str) else "missing or non-numeric value"
                     )
         return Step(data, accepted, refused)
+
+    def _typed_event(self, columns: Mapping[str, Any], learn: bool | np.ndarray) -> Step | None:
+        """`step` of one event given as the live path gives it (float64 time and values, text
+        keys, no label), through `_one_event`: the batch machinery (checks column by column,
+        entity slots and codes by factorising) cost twice as much for one event. None for
+        anything else, which takes the batch path (so do the events it refuses: their reasons
+        are found there)."""
+        times = columns[self.time_column]
+        if (
+            self.feature_plan.risk_delay is not None
+            or not isinstance(times, np.ndarray)
+            or times.shape != (1,)
+            or times.dtype != np.float64
+            or np.size(learn) != 1
+        ):
+            return None
+        xs = []
+        for column in self.feature_plan.values:
+            values = columns[column]
+            if not isinstance(values, np.ndarray) or values.dtype != np.float64:
+                return None
+            xs.append(float(values[0]))
+        entity = []
+        for column in self.feature_plan.columns:
+            values = columns[column]
+            if not isinstance(values, np.ndarray) or type(values[0]) is not str:
+                return None
+            entity.append(values[0])
+        t = float(times[0])
+        if not (math.isfinite(t) and all(math.isfinite(x) for x in xs)):
+            return None
+        flag = bool(np.asarray(learn).reshape(-1)[0])
+        late = self._one_event(t, entity, self._table_keys(tuple(entity)), xs, -1, flag)
+        refused = {} if late is None else {0: late}
+        return Step(self._one.out.copy(), np.array([late is None]), refused)
 
     def _kept(self, frame: pd.DataFrame, step: Step, dead_letters: bool) -> pd.DataFrame:
         """The accepted rows of a step as a frame; the refused ones as dead letters."""
