@@ -152,12 +152,11 @@ class RuleSet(Stage):
         hundred of them."""
         self.check_fitted()
         compiled = self._compile()
-        rules = self.config.rules
         hits = compiled.hits(self, frame)
         score = hits.astype(np.float64) @ compiled.weights
         return RuleResult(
-            names=[rule.name for rule in rules],
-            reasons=[rule.reason for rule in rules],
+            names=compiled.names,
+            reasons=compiled.reasons,
             hits=hits,
             score=score,
             pseudo_label=self.alerts(score),
@@ -281,6 +280,8 @@ class _Compiled:
     def __init__(self, ruleset: RuleSet) -> None:
         rules = ruleset.config.rules
         self.weights = np.array([rule.weight for rule in rules])
+        self.names = [rule.name for rule in rules]  # one list for every result: not copied
+        self.reasons = [rule.reason for rule in rules]
         found: dict[tuple, int] = {}
         tests: list[_Test] = []
 
