@@ -11,6 +11,8 @@ Per repeat, a fresh scorer is warmed up on `--warm` events (not timed), then:
   judge alone (`inplace_predict`) on the same batches' inputs;
 - `--single` events one at a time (`score_many` of one event, as numpy columns; reasons when it
   alerts), p50 / p99; next to XGBoost alone and the autoencoder alone on one row.
+Also the share of one-event calls a garbage collection ran in, and their p50: XGBoost's
+wrapper leaves cyclic garbage on every prediction, so these are the tail that sets p99.
 Medians over the repeats are printed as Markdown rows for BENCHMARKS.md. `--clock cpu` times
 the process's CPU time instead of wall-clock: on a busy machine it leaves out the waits for
 a core (the baselines are timed the same way).
@@ -19,6 +21,7 @@ a core (the baselines are timed the same way).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -38,6 +41,19 @@ REPO = Path(__file__).resolve().parents[1]
 CLOCK = [time.perf_counter]
 """What the figures time: wall-clock (`--clock wall`, the default) or this process's CPU time
 (`--clock cpu`), which a busy machine's waiting for a core does not inflate."""
+
+
+class COLLECTIONS:
+    """Garbage collections seen (a `gc.callbacks` hook): XGBoost's Python wrapper defines a
+    class on every prediction, cyclic garbage only the collector frees, so a generation-0
+    collection runs every few dozen events; the events it lands in are the tail."""
+
+    count = 0
+
+    @staticmethod
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            COLLECTIONS.count += 1
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -80,12 +96,18 @@ def one_repeat(detector: Detector, events: pd.DataFrame, args: argparse.Namespac
         for batch in batches:
             alerts += int(live.score_many(batch, **options).columns["alert"].sum())
         result[f"rate_{name}"] = n_batch / (CLOCK[0]() - start)
-        latencies = []
+        latencies, collected = [], []
+        gc.callbacks.append(COLLECTIONS.seen)
         for event in one_event:
+            COLLECTIONS.count = 0
             before = CLOCK[0]()
             live.score_many(event, **options)
             latencies.append(CLOCK[0]() - before)
+            collected.append(COLLECTIONS.count > 0)
+        gc.callbacks.remove(COLLECTIONS.seen)
         result[f"single_{name}"] = percentiles(latencies)
+        with_gc = [s for s, hit in zip(latencies, collected, strict=True) if hit]
+        result[f"gc_{name}"] = (len(with_gc) / len(latencies), percentiles(with_gc or [0.0])[0])
     live = warmed(detector, warm, args.batch)
     for batch in batches:
         live.score_many(batch, explain="none")
@@ -152,7 +174,9 @@ def main() -> None:
             + ", ".join(f"{k} {v:,.0f}" for k, v in run.items() if k.startswith("rate_"))
             + " ev/s; "
             + ", ".join(
-                f"{k} {v[0]:.3f}/{v[1]:.3f}" for k, v in run.items() if isinstance(v, tuple)
+                f"{k} {v[0]:.3f}/{v[1]:.3f}"
+                for k, v in run.items()
+                if isinstance(v, tuple) and not k.startswith("gc_")
             )
             + " ms",
             flush=True,
@@ -194,6 +218,11 @@ def main() -> None:
             f"| one event (`score_many`), {label}, p50 / p99 | {p50:.3f} / {p99:.3f} ms | "
             f"{p50 / alone[0]:.1f}x / {p99 / alone[1]:.1f}x of XGBoost + autoencoder |"
         )
+    share, gc_p50 = median("gc_approximate", 0), median("gc_approximate", 1)
+    print(
+        f"| one event, live default: events with a garbage collection in them | {share:.1%}, "
+        f"p50 {gc_p50:.3f} ms | |"
+    )
     p50, p99 = median("score_event", 0), median("score_event", 1)
     print(
         f"| one event (`score_event`, a dict), p50 / p99 | {p50:.3f} / {p99:.3f} ms | "

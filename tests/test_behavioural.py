@@ -890,3 +890,46 @@ def test_composite_keys_round_trip_through_json_as_tuples() -> None:
     document["entities"][1][0][0] = ["a"]
     with pytest.raises(ArtifactError, match="one column"):
         FeatureState.from_dict(document)
+
+
+@pytest.mark.parametrize("config", [COMPOSITE.model_copy(update={"label_risk": None}), DISTINCT])
+def test_one_event_steps_equal_the_batch_step(config: BehaviouralConfig) -> None:
+    """`step` of one event as the live path gives it (float64 columns, text keys) takes the
+    one-event kernel calls; event by event it equals `step` of the whole batch: new entities,
+    composite keys, distinct counts, late events (the same reason), an event described only,
+    and events it does not take (a NaN value, an integer key) alike."""
+    rng = np.random.default_rng(11)
+    n = 400
+    times = np.cumsum(rng.choice([0.0, 0.5, 3.0, 25.0, 200.0], n))
+    times[[50, 51, 300]] = times[[50, 51, 300]] - 400.0  # late: beyond allowed_lateness
+    columns = {
+        "time": times,
+        "customer": np.array([f"c{i}" for i in rng.integers(0, 60, n)], dtype=object),
+        "terminal": np.array([f"t{i}" for i in rng.integers(0, 9, n)], dtype=object),
+        "country": np.array(rng.choice(["FR", "DE", "NL"], n), dtype=object),
+        "amount": rng.normal(20, 5, n).round(2),
+    }
+    columns["amount"][120] = np.nan  # refused: the batch path finds the reason
+    learn = np.ones(n, dtype=bool)
+    learn[[7, 200]] = False  # described only
+    batched = FeatureState(config)
+    batch = batched.step(columns, learn=learn)
+    assert not batch.accepted[[50, 51, 120, 300]].any() and batch.accepted.sum() == n - 4
+    state = FeatureState(config)
+    for i in range(n):
+        event = {name: values[i : i + 1] for name, values in columns.items()}
+        if i == 99:  # an integer key: not the live path's text, the batch path takes it
+            described = state.step({**event, "terminal": np.array([9])}, learn=False)
+            assert described.accepted[0]
+        one = state.step(event, learn=bool(learn[i]))
+        assert bool(one.accepted[0]) == bool(batch.accepted[i])
+        if batch.accepted[i]:
+            np.testing.assert_array_equal(one.features[0], batch.features[i])
+        else:
+            assert one.refused == {0: batch.refused[i]}
+    # the two states then describe the same: every entity's history is the same
+    after = {name: values[:40] for name, values in columns.items()}
+    after["time"] = times.max() + 1.0 + np.arange(40.0)
+    np.testing.assert_array_equal(
+        state.step(after, learn=False).features, batched.step(after, learn=False).features
+    )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from hybrid_ad.config import DataConfig
-from hybrid_ad.data import EVENT_SECONDS, load_events, read_table, time_split
+from hybrid_ad.data import EVENT_SECONDS, ColumnBlocks, load_events, read_table, time_split
 from hybrid_ad.errors import InputError
 
 
@@ -107,3 +107,28 @@ def test_time_split_is_ordered_and_disjoint(events: pd.DataFrame) -> None:
     assert split.validation[EVENT_SECONDS].max() <= split.test[EVENT_SECONDS].min()
     all_rows = set(split.train.index) | set(split.validation.index) | set(split.test.index)
     assert len(all_rows) == len(events)
+
+
+def test_column_blocks_gather_columns_and_blocks_in_any_order() -> None:
+    """`ColumnBlocks.matrix` takes names from plain columns and from blocks, in runs and out
+    of order, the same for every batch of one layout; a missing name is reported."""
+    rng = np.random.default_rng(5)
+    for n in (1, 7):
+        plain = {"t": rng.normal(size=n), "a": rng.normal(size=n)}
+        block = rng.normal(size=(n, 5))
+        other = rng.normal(size=(n, 2))
+        columns = ColumnBlocks(
+            plain, [(["b0", "b1", "b2", "b3", "b4"], block), (["c0", "a"], other)]
+        )
+        names = ["b1", "b2", "b3", "a", "t", "b4", "b0", "c0"]
+        expected = np.column_stack(
+            [block[:, 1], block[:, 2], block[:, 3], plain["a"], plain["t"], block[:, 4],
+             block[:, 0], other[:, 0]]
+        )  # fmt: skip
+        for _ in range(2):  # the second time from the kept plan
+            np.testing.assert_array_equal(columns.matrix(names), expected)
+        assert columns["a"] is plain["a"]  # a plain column wins over a block's of that name
+        assert list(columns) == ["t", "a", "b0", "b1", "b2", "b3", "b4", "c0"]
+        assert columns.missing(["b0", "zz", "a", "yy"]) == ["zz", "yy"]
+        with pytest.raises(KeyError, match="zz"):
+            columns.matrix(["b0", "zz"])

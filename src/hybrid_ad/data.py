@@ -13,6 +13,7 @@ import hashlib
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,11 @@ Columns = pd.DataFrame | Mapping[str, Any]
 class ColumnBlocks(Mapping[str, np.ndarray]):
     """Events as named float columns, some of them held together as the columns of 2-D
     blocks: the live path gets its behavioural features as one (events, features) array, and
-    `matrix` takes many columns out of a block in one step rather than one by one."""
+    `matrix` takes many columns out of a block in one step rather than one by one.
+
+    Where each name lives, and how `matrix` gathers a list of names, are worked out once per
+    layout (the names of the columns and of the blocks), not per batch: the live path builds
+    one of these per event with the same layout every time."""
 
     def __init__(
         self,
@@ -48,44 +53,110 @@ class ColumnBlocks(Mapping[str, np.ndarray]):
     ) -> None:
         self._columns = dict(columns)
         self._blocks = [block for _, block in blocks or []]
-        self._where = {
-            name: (index, position)
-            for index, (names, _) in enumerate(blocks or [])
-            for position, name in enumerate(names)
-            if name not in self._columns
-        }
+        block_names = tuple(tuple(names) for names, _ in blocks or [])
+        self._layout = _layout(tuple(self._columns), block_names)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._columns:
             return self._columns[name]
-        index, position = self._where[name]
+        index, position = self._layout.where[name]
         return self._blocks[index][:, position]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._columns or name in self._where
+        return name in self._columns or name in self._layout.where
 
     def __iter__(self) -> Iterator[str]:
         yield from self._columns
-        yield from self._where
+        yield from self._layout.where
 
     def __len__(self) -> int:
-        return len(self._columns) + len(self._where)
+        return len(self._columns) + len(self._layout.where)
+
+    def _n_rows(self) -> int:
+        for values in self._columns.values():
+            return len(values)
+        return len(self._blocks[0]) if self._blocks else 0
+
+    def missing(self, names: list[str]) -> list[str]:
+        """Those of `names` that are not here, in order."""
+        return self._layout.gather(tuple(names)).missing
 
     def matrix(self, names: list[str]) -> np.ndarray:
         """These columns as a new (events, len(names)) float64 array."""
-        out = np.empty((n_rows(self), len(names)))
+        plan = self._layout.gather(tuple(names))
+        if plan.missing:
+            raise KeyError(plan.missing[0])
+        out = np.empty((self._n_rows(), len(names)))
+        columns = self._columns
+        for at, name in plan.columns:
+            out[:, at] = columns[name]
+        for index, targets, sources in plan.blocks:
+            out[:, targets] = self._blocks[index][:, sources]
+        return out
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """How `ColumnBlocks.matrix` fills its output for one list of names: the plain columns
+    one by one, then from each block its columns in one step (slices where they run on)."""
+
+    columns: list[tuple[int, str]]
+    blocks: list[tuple[int, slice | np.ndarray, slice | np.ndarray]]
+    missing: list[str]
+
+
+class _Layout:
+    """Where each name of a `ColumnBlocks` layout lives, and the `_Gather` of each list of
+    names asked for (kept: a model asks for the same few lists on every batch)."""
+
+    def __init__(self, columns: tuple[str, ...], blocks: tuple[tuple[str, ...], ...]) -> None:
+        own = set(columns)
+        self.columns = own
+        self.where = {
+            name: (index, position)
+            for index, names in enumerate(blocks)
+            for position, name in enumerate(names)
+            if name not in own
+        }
+        self._gathers: dict[tuple[str, ...], _Gather] = {}
+
+    def gather(self, names: tuple[str, ...]) -> _Gather:
+        plan = self._gathers.get(names)
+        if plan is None:
+            plan = self._gathers[names] = self._plan(names)
+        return plan
+
+    def _plan(self, names: tuple[str, ...]) -> _Gather:
+        columns: list[tuple[int, str]] = []
         taken: dict[int, tuple[list[int], list[int]]] = {}
+        missing: list[str] = []
         for at, name in enumerate(names):
-            if name in self._columns:
-                out[:, at] = self._columns[name]
-            else:
-                index, position = self._where[name]
+            if name in self.columns:
+                columns.append((at, name))
+            elif name in self.where:
+                index, position = self.where[name]
                 targets, sources = taken.setdefault(index, ([], []))
                 targets.append(at)
                 sources.append(position)
-        for index, (targets, sources) in taken.items():
-            out[:, targets] = self._blocks[index][:, sources]
-        return out
+            else:
+                missing.append(name)
+        blocks = [
+            (index, _slice_or_array(targets), _slice_or_array(sources))
+            for index, (targets, sources) in taken.items()
+        ]
+        return _Gather(columns, blocks, missing)
+
+
+@lru_cache(maxsize=64)
+def _layout(columns: tuple[str, ...], blocks: tuple[tuple[str, ...], ...]) -> _Layout:
+    return _Layout(columns, blocks)
+
+
+def _slice_or_array(positions: list[int]) -> slice | np.ndarray:
+    """A run of consecutive positions as a slice (a view, cheaper than fancy indexing)."""
+    if positions == list(range(positions[0], positions[0] + len(positions))):
+        return slice(positions[0], positions[0] + len(positions))
+    return np.array(positions, dtype=np.intp)
 
 
 def n_rows(columns: Columns) -> int:
@@ -428,11 +499,12 @@ def derived_event_ids(
         return []
     names = sorted(features)
     block = np.empty((n, 1 + len(names)), dtype="<f8")
-    block[:, 0] = np.asarray(seconds, dtype=np.float64) + 0.0
+    block[:, 0] = seconds
     for position, name in enumerate(names, start=1):
-        block[:, position] = np.asarray(features[name], dtype=np.float64) + 0.0
+        block[:, position] = features[name]
+    block += 0.0  # -0.0 as 0.0, in place
     width = block.shape[1] * 8
-    rows = memoryview(np.ascontiguousarray(block)).cast("B")
+    rows = memoryview(block).cast("B")
     sha256, digits = hashlib.sha256, EVENT_ID_HEX_DIGITS
     if not keys:  # each row's bytes hashed in place, not copied: a quarter less time
         return [

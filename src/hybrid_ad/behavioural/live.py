@@ -147,6 +147,12 @@ class FeatureState:
         self._free: list[int] = []
         self._one = _OneEvent(len(plan.values), len(plan.prefixes), len(self._names))
         self._init_distinct(plan, widths)
+        needed = [(time_column, "time")]
+        needed += [(column, "entity") for column in plan.columns]
+        needed += [(value, "value") for value in plan.values]
+        if plan.risk_delay is not None and label_column is not None:
+            needed.append((label_column, "label"))
+        self._needed = needed  # the columns `step` reads, with their roles
 
     def _init_distinct(self, plan: FeaturePlan, widths: list[int]) -> None:
         """The distinct counts' arrays: the code column or clock period each reads, where each
@@ -215,10 +221,28 @@ class FeatureState:
             self.dead_letters.append(DeadLetter(dict(event), parsed))
             return None
         t, entity, keys, xs, label = parsed
+        late = self._one_event(t, entity, keys, xs, label, learn=True)
+        if late is not None:
+            self.dead_letters.append(DeadLetter(dict(event), late))
+            return None
+        return dict(zip(self._names, self._one.out[0].tolist(), strict=True))
+
+    def _one_event(
+        self,
+        t: float,
+        entity: tuple | list,
+        keys: tuple | list,
+        xs: list[float],
+        label: int,
+        learn: bool,
+    ) -> str | None:
+        """One checked event through the kernels, in the buffers allocated once
+        (`_OneEvent`): its features are in `self._one.out[0]`; the reason if it was late."""
         one = self._one
         one.times[0] = t
         one.values[0] = xs
         one.labels[0] = label
+        one.learn[0] = learn
         new = self._slots_of_keys(keys, one.slot_row)
         self._run(
             one.times, one.slots, one.values, one.labels, one.skip, one.learn,
@@ -233,11 +257,9 @@ class FeatureState:
             self._run_distinct(one.times, one.slots, codes, accepted, one.learn, one.out)
         self._release_unused(new)
         if one.status[0] == kernel.LATE:
-            reason = self._late_reason(t, one.late_at[0])
-            self.dead_letters.append(DeadLetter(dict(event), reason))
-            return None
+            return self._late_reason(t, one.late_at[0])
         self._maybe_sweep()
-        return dict(zip(self._names, one.out[0].tolist(), strict=True))
+        return None
 
     def update_many(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`update` for each row in order; rows refused as dead letters are left out.
@@ -272,23 +294,23 @@ class FeatureState:
         a time; only malformed rows take the per-row path, to find their reason.
         """
         plan = self.feature_plan
-        needed = [(self.time_column, "time")]
-        needed += [(column, "entity") for column in plan.columns]
-        needed += [(value, "value") for value in plan.values]
-        if plan.risk_delay is not None and self.label_column is not None:
-            needed.append((self.label_column, "label"))
-        for column, role in needed:
+        for column, role in self._needed:
             if column not in columns:
                 raise InputError(f"behavioural features: unknown {role} column '{column}'")
+        one = self._typed_event(columns, learn)
+        if one is not None:
+            return one
         times = _float_column(columns[self.time_column])
         n = len(times)
         values = np.empty((n, len(plan.values)))
         for v, column in enumerate(plan.values):
             values[:, v] = _float_column(columns[column])
-        suspect = ~np.isfinite(times) | ~np.isfinite(values).all(axis=1)
+        suspect = ~(np.isfinite(times) & np.isfinite(values).all(axis=1))
         keys = {column: _object_column(columns[column]) for column in plan.columns}
         for column in plan.columns:
-            suspect |= np.asarray(pd.isna(keys[column]), dtype=bool)
+            missing = _missing(keys[column])
+            if missing is not None:
+                suspect |= missing
         labels = np.full(n, -1, np.int64)
         if plan.risk_delay is not None and self.label_column is not None:
             raw = pd.Series(_object_column(columns[self.label_column]))
@@ -296,34 +318,76 @@ class FeatureState:
             suspect |= ~(np.isnan(numeric) | (numeric == 0.0) | (numeric == 1.0))
             suspect |= np.isnan(numeric) & raw.notna().to_numpy()
             labels = np.where(np.isnan(numeric), -1, numeric).astype(np.int64)
-        learning = np.ascontiguousarray(np.broadcast_to(np.asarray(learn, dtype=np.bool_), (n,)))
-        width = len(self._names)
-        data = np.empty((n, width))
+        if isinstance(learn, bool | np.bool_):
+            learning = np.full(n, bool(learn), dtype=np.bool_)
+        else:
+            learning = np.ascontiguousarray(np.broadcast_to(np.asarray(learn, np.bool_), (n,)))
+        data = np.empty((n, len(self._names)))
         status = np.empty(n, np.int8)
         late_at = np.zeros(n)
         for start in range(0, n, _CHUNK):
-            rows = slice(start, min(start + _CHUNK, n))
+            rows = slice(start, min(start + _CHUNK, n)) if n > _CHUNK else slice(None)
+            part = keys if n <= _CHUNK else {c: key[rows] for c, key in keys.items()}
             skip = suspect[rows]
-            slots, new = self._slots_of_rows({c: keys[c][rows] for c in plan.columns}, skip)
+            slots, new = self._slots_of_rows(part, skip)
             self._run(
                 times[rows], slots, values[rows], labels[rows], skip, learning[rows],
                 data[rows], status[rows], late_at[rows],
             )  # fmt: skip
             if len(self._d_column_at):
-                codes = self._codes_of_rows({c: keys[c][rows] for c in self._d_columns}, skip)
+                codes = self._codes_of_rows(part, skip)
                 accepted = status[rows] == kernel.ACCEPTED
                 self._run_distinct(times[rows], slots, codes, accepted, learning[rows], data[rows])
             self._release_unused(new)
             self._maybe_sweep()
+        accepted = status == kernel.ACCEPTED
         refused: dict[int, str] = {}
-        for i in np.flatnonzero(status != kernel.ACCEPTED).tolist():
-            if status[i] == kernel.LATE:
-                refused[i] = self._late_reason(float(times[i]), late_at[i])
-            else:
-                event = {column: _item(columns[column], i) for column, _ in needed}
-                parsed = self._parse(event)
-                refused[i] = parsed if isinstance(parsed, str) else "missing or non-numeric value"
-        return Step(data, status == kernel.ACCEPTED, refused)
+        if not accepted.all():
+            for i in np.flatnonzero(~accepted).tolist():
+                if status[i] == kernel.LATE:
+                    refused[i] = self._late_reason(float(times[i]), late_at[i])
+                else:
+                    event = {column: _item(columns[column], i) for column, _ in self._needed}
+                    parsed = self._parse(event)
+                    refused[i] = (
+                        parsed if isinstance(parsed, str) else "missing or non-numeric value"
+                    )
+        return Step(data, accepted, refused)
+
+    def _typed_event(self, columns: Mapping[str, Any], learn: bool | np.ndarray) -> Step | None:
+        """`step` of one event given as the live path gives it (float64 time and values, text
+        keys, no label), through `_one_event`: the batch machinery (checks column by column,
+        entity slots and codes by factorising) cost twice as much for one event. None for
+        anything else, which takes the batch path (so do the events it refuses: their reasons
+        are found there)."""
+        times = columns[self.time_column]
+        if (
+            self.feature_plan.risk_delay is not None
+            or not isinstance(times, np.ndarray)
+            or times.shape != (1,)
+            or times.dtype != np.float64
+            or np.size(learn) != 1
+        ):
+            return None
+        xs = []
+        for column in self.feature_plan.values:
+            values = columns[column]
+            if not isinstance(values, np.ndarray) or values.dtype != np.float64:
+                return None
+            xs.append(float(values[0]))
+        entity = []
+        for column in self.feature_plan.columns:
+            values = columns[column]
+            if not isinstance(values, np.ndarray) or type(values[0]) is not str:
+                return None
+            entity.append(values[0])
+        t = float(times[0])
+        if not (math.isfinite(t) and all(math.isfinite(x) for x in xs)):
+            return None
+        flag = bool(np.asarray(learn).reshape(-1)[0])
+        late = self._one_event(t, entity, self._table_keys(tuple(entity)), xs, -1, flag)
+        refused = {} if late is None else {0: late}
+        return Step(self._one.out.copy(), np.array([late is None]), refused)
 
     def _kept(self, frame: pd.DataFrame, step: Step, dead_letters: bool) -> pd.DataFrame:
         """The accepted rows of a step as a frame; the refused ones as dead letters."""
@@ -856,6 +920,17 @@ def _object_column(values: Any) -> np.ndarray:
     if isinstance(values, pd.Series):
         return values.to_numpy()
     return values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+
+
+def _missing(values: np.ndarray) -> np.ndarray | None:
+    """Which entity keys are missing (None, NaN, NA), or None when none can be: a column of
+    text has no missing value, and checking that is cheaper than `pd.isna` on a few rows."""
+    if values.dtype.kind in "biuUS":
+        return None
+    few = values.dtype.kind == "O" and len(values) <= _FEW_ROWS
+    if few and all(type(value) is str for value in values.tolist()):
+        return None
+    return np.asarray(pd.isna(values), dtype=bool)
 
 
 def _item(values: Any, position: int) -> Any:

@@ -106,6 +106,7 @@ class Detector:
         self.mixed_choice_: UnlabelledChoice | None = None
         """`mixed` mode: the unlabelled events' target the last `fit_judge` used, and why."""
         self._reused: dict[int, tuple[Columns, StageOutputs]] | None = None
+        self._judge_names: tuple[tuple, list[str]] | None = None  # `_judge_matrix`'s, kept
 
     def release_outputs(self, frame: Events) -> None:
         """Forget one frame's reused outputs (`reusing_outputs`) once they are not needed."""
@@ -521,18 +522,33 @@ class Detector:
 
     def _judge_matrix(self, outputs: StageOutputs) -> tuple[np.ndarray, list[str]]:
         """Everything the earlier stages know, by name. The autoencoder's latent code is left
-        out: its coordinates have no meaning a reason could name."""
-        features = outputs.features
-        parts = [features.scaled, features.engineered]
-        names = [*features.scaled_names, *features.engineered_names]
-        if self.judge_uses_autoencoder_:
-            parts.append(self._surprise(outputs, "autoencoder")[:, None])
-            names.append("autoencoder_surprise")
-        parts += [self._surprise(outputs, "histogram")[:, None], outputs.rules.hits]
-        names += ["histogram_surprise", *(f"rule_{name}" for name in outputs.rules.names)]
-        parts.append(outputs.rules.score[:, None])
-        names.append("rule_score")
-        return np.hstack([np.asarray(part, dtype=np.float32) for part in parts]), names
+        out: its coordinates have no meaning a reason could name.
+
+        Filled into one float32 array in place (the same rounding as casting each part), with
+        the names worked out once per layout of the parts: a one-event batch spent more on
+        the hstack and the names than on the values."""
+        features, rules = outputs.features, outputs.rules
+        surprises = ["autoencoder"] if self.judge_uses_autoencoder_ else []
+        surprises.append("histogram")
+        key = (features.scaled_names, features.engineered_names, rules.names, len(surprises))
+        cached = self._judge_names
+        if cached is None or not all(a is b for a, b in zip(cached[0], key, strict=True)):
+            names = [*features.scaled_names, *features.engineered_names]
+            names += [f"{name}_surprise" for name in surprises]
+            names += [*(f"rule_{name}" for name in rules.names), "rule_score"]
+            self._judge_names = cached = (key, names)
+        names = cached[1]
+        matrix = np.empty((len(rules.score), len(names)), dtype=np.float32)
+        at = features.scaled.shape[1]
+        matrix[:, :at] = features.scaled
+        matrix[:, at : at + features.engineered.shape[1]] = features.engineered
+        at += features.engineered.shape[1]
+        for name in surprises:
+            matrix[:, at] = self._surprise(outputs, name)
+            at += 1
+        matrix[:, at : at + len(rules.names)] = rules.hits
+        matrix[:, -1] = rules.score
+        return matrix, list(names)
 
     def feature_importance(self) -> dict[str, float]:
         """The judge's normalised total gain per input."""

@@ -18,6 +18,9 @@ from hybrid_ad.config import DataConfig
 from hybrid_ad.data import canonical_text
 from hybrid_ad.errors import InputError
 
+FEW_VALUES = 16
+"""Up to this many values, a column's values are checked one by one (a request's few events)."""
+
 Batch = pd.DataFrame | Mapping[str, Any] | Any
 """A micro-batch of raw events: a DataFrame, a mapping of column name to equally long arrays
 or lists, or a pyarrow RecordBatch (or Table)."""
@@ -101,18 +104,18 @@ def numbers(values: Any, name: str, refused: dict[int, str]) -> np.ndarray:
         and pd.api.types.infer_dtype(array, skipna=False)
         in ("floating", "integer", "mixed-integer-float")
     )
+    non_numeric = None
     if numeric:
         parsed = array.astype(np.float64)
-        non_numeric = np.zeros(len(parsed), dtype=bool)
     else:
         raw = pd.Series(array, dtype=object)
         coerced = pd.to_numeric(raw, errors="coerce")
         parsed = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
         non_numeric = np.isnan(parsed) & raw.notna().to_numpy()
-    bad = ~np.isfinite(parsed)
-    if bad.any():
-        for position in np.flatnonzero(bad).tolist():
-            if non_numeric[position]:
+    finite = np.isfinite(parsed)
+    if not finite.all():
+        for position in np.flatnonzero(~finite).tolist():
+            if non_numeric is not None and non_numeric[position]:
                 reason = f"column '{name}' has a non-numeric value {array[position]!r}"
             else:
                 reason = f"column '{name}' has a missing or infinite value"
@@ -150,6 +153,8 @@ def seconds(values: Any, config: DataConfig, refused: dict[int, str]) -> np.ndar
                 position, f"column '{name}' has a timestamp that cannot be parsed: "
                 f"{series.iloc[position]!r}"
             )  # fmt: skip
+    if not missing.any():
+        return nanos.astype(np.float64) / 1e9
     for position in np.flatnonzero(missing).tolist():
         refused.setdefault(position, f"column '{name}' has a missing timestamp")
     return np.where(missing, np.nan, nanos.astype(np.float64) / 1e9)
@@ -161,13 +166,21 @@ def _all_timestamps(values: np.ndarray) -> bool:
     return values.dtype.kind == "O" and all(type(v) is pd.Timestamp for v in values.tolist())
 
 
+def _all_text(array: np.ndarray) -> bool:
+    """Whether every value of an object array is text (`infer_dtype` "string"); a few values
+    are looked at directly, which costs less than the inference."""
+    if len(array) <= FEW_VALUES and all(type(value) is str for value in array.tolist()):
+        return True
+    return pd.api.types.infer_dtype(array, skipna=False) == "string"
+
+
 def texts(values: Any, name: str, what: str, refused: dict[int, str]) -> np.ndarray:
     """Ids and keys as `canonical_text` writes them (7, 7.0 and "7" alike), as an object
     array; a missing value refuses its event."""
     array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
     if array.dtype.kind in "iu":
         return array.astype(str).astype(object)
-    if array.dtype.kind == "O" and pd.api.types.infer_dtype(array, skipna=False) == "string":
+    if array.dtype.kind == "O" and _all_text(array):
         return array
     if array.dtype.kind == "U":
         return array.astype(object)

@@ -130,6 +130,7 @@ class LiveScorer:
                 self._state.update_many(self._canonical_keys(past, "history"))
         if state is not None:
             self._restore(state)
+        self._behaviour_names = [] if self._state is None else self._state.feature_names
         self._features = list(detector.feature_columns_ or [])
         numeric, keys = list(self._features), list(config.data.entity_keys)
         if behavioural is not None:
@@ -207,11 +208,11 @@ class LiveScorer:
                 )
                 step[self._state_label] = np.asarray(labels, dtype=object)[positions]
             behaviour, accepted = self._behaviour(step, ids, positions, remember, refused)
-            positions = positions[accepted]
-            ids = [ids[i] for i in accepted.tolist()]
-            prepared = {name: values[accepted] for name, values in prepared.items()}
-            names = self._state.feature_names
-            prepared = ColumnBlocks(prepared, [(names, behaviour)])
+            if len(accepted) < len(positions):
+                positions = positions[accepted]
+                ids = [ids[i] for i in accepted.tolist()]
+                prepared = {name: values[accepted] for name, values in prepared.items()}
+            prepared = ColumnBlocks(prepared, [(self._behaviour_names, behaviour)])
         return self._result(raw, refused, prepared, positions, ids, explain, contributions)
 
     def score_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -313,14 +314,21 @@ class LiveScorer:
         state = self._state
         assert state is not None
         n = len(ids)
+        seen = self._seen
+        if len(set(ids)) == n and seen.keys().isdisjoint(ids):
+            # the usual batch: no id seen before, none twice: the state's step as it is
+            step = state.step(columns, learn=remember)
+            for at, reason in step.refused.items():
+                refused[int(positions[at])] = reason
+            kept = np.flatnonzero(step.accepted)
+            if remember:
+                self._remember(ids, columns[EVENT_SECONDS], step.features, kept)
+            return (step.features if len(kept) == n else step.features[kept]), kept
         features = np.empty((n, len(state.feature_names)))
         fresh = np.ones(n, dtype=bool)
         accepted = np.zeros(n, dtype=bool)
         repeats: list[tuple[int, int]] = []
-        seen = self._seen
-        # the usual batch: no id seen before, none twice: nothing to look up row by row
-        plain = len(set(ids)) == n and seen.keys().isdisjoint(ids)
-        if not plain and (seen or remember):
+        if seen or remember:
             first_at: dict[str, int] = {}
             for row, key in enumerate(ids):
                 known = seen.get(key)
@@ -348,14 +356,20 @@ class LiveScorer:
             else:
                 refused[int(positions[row])] = refused[int(positions[first])]
         if remember:
-            learned = rows[accepted[rows]]
-            block = features[learned]  # one copy for the batch; each id keeps a row of it
-            times = columns[EVENT_SECONDS][learned].tolist()
-            for at, row in enumerate(learned.tolist()):
-                seen[ids[row]] = (times[at], block[at])
-            self._forget()
+            self._remember(ids, columns[EVENT_SECONDS], features, rows[accepted[rows]])
         kept = np.flatnonzero(accepted)
         return features[kept], kept
+
+    def _remember(
+        self, ids: list[str], times: np.ndarray, features: np.ndarray, learned: np.ndarray
+    ) -> None:
+        """Remember the features of the events at `learned`, by id (then forget the oldest)."""
+        block = features[learned]  # one copy for the batch; each id keeps a row of it
+        at_times = times[learned].tolist()
+        seen = self._seen
+        for at, row in enumerate(learned.tolist()):
+            seen[ids[row]] = (at_times[at], block[at])
+        self._forget()
 
     def _forget(self) -> None:
         """Keep the last `remember_ids` ids, and every id within the allowed lateness."""

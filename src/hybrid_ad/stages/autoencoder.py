@@ -108,8 +108,9 @@ class Autoencoder(Stage):
         """The inputs as the network sees them (float32): centred, divided, clipped."""
         assert self.centre_ is not None and self.spread_ is not None
         scaled = (np.asarray(inputs, dtype=np.float64) - self.centre_) / self.spread_
-        if self.clip_ is not None:
-            scaled = np.clip(scaled, -self.clip_, self.clip_)
+        if self.clip_ is not None:  # in place; np.clip's checks cost more on a few rows
+            np.maximum(scaled, -self.clip_, out=scaled)
+            np.minimum(scaled, self.clip_, out=scaled)
         return np.ascontiguousarray(scaled, dtype=np.float32)
 
     def batch_size(self, n_rows: int, sample_rate: float = 1.0) -> int:
@@ -212,6 +213,9 @@ class Autoencoder(Stage):
         """Per-event errors and latent codes, in batches to bound memory. The network is in
         eval mode (set after training and on load): switching it per call cost more than a
         one-row forward pass."""
+        if 0 < len(inputs) <= SCORE_BATCH:  # one batch: no concatenation (a micro-batch)
+            reconstruction, latent = network(inputs)
+            return self._loss(reconstruction, inputs), latent
         errors, latents = [], []
         for start in range(0, len(inputs), SCORE_BATCH):
             batch = inputs[start : start + SCORE_BATCH]

@@ -19,6 +19,7 @@ first.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,22 @@ class TailScale(Stage):
         return scale
 
 
+@dataclass(frozen=True)
+class _HistogramTables:
+    """`HistogramDetector._scoring_tables`: the fitted model's arrays as scoring reads them."""
+
+    edges: np.ndarray
+    log_density: np.ndarray
+    rarest: np.ndarray
+    low_step: np.ndarray
+    high_step: np.ndarray
+    first_edge: np.ndarray
+    last_edge: np.ndarray
+    first_density: np.ndarray
+    last_density: np.ndarray
+    columns: np.ndarray
+
+
 class HistogramDetector(Stage):
     """PyOD's HBOS on the scaled features: independent per-feature histograms, fast to score.
 
@@ -115,7 +132,7 @@ class HistogramDetector(Stage):
 
     def __init__(self) -> None:
         self.model_: Any = None
-        self._tables: tuple[Any, tuple[np.ndarray, ...]] | None = None
+        self._tables: tuple[Any, _HistogramTables] | None = None
 
     def fit(self, inputs: np.ndarray) -> HistogramDetector:
         from pyod.models.hbos import HBOS
@@ -134,33 +151,45 @@ class HistogramDetector(Stage):
         self.check_fitted()
         # in chunks of rows: the float64 copy and the per-value temporaries of a million
         # events were 4 GiB at once
+        if len(inputs) <= SCORE_ROWS:  # a micro-batch: one chunk, nothing to concatenate
+            return self._decision(np.asarray(inputs, dtype=np.float64))
         parts = [
             self._decision(np.asarray(inputs[start : start + SCORE_ROWS], dtype=np.float64))
             for start in range(0, len(inputs), SCORE_ROWS)
         ]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return np.concatenate(parts)
 
     def _decision(self, values: np.ndarray) -> np.ndarray:
-        edges, log_density, rarest, low_step, high_step = self._scoring_tables()
+        tables = self._scoring_tables()
+        edges, log_density = tables.edges, tables.log_density
         n_bins = log_density.shape[0]
         # np.digitize(x, edges, right=True) per feature: how many edges lie below x (in
         # chunks of rows, to bound the (rows, edges, features) comparison)
-        index = np.empty(values.shape, dtype=np.int64)
-        for start in range(0, len(values), CHUNK_ROWS):
-            part = values[start : start + CHUNK_ROWS]
-            index[start : start + len(part)] = (edges[None, :, :] < part[:, None, :]).sum(axis=1)
-        below_near = edges[0] - values <= low_step
-        above_near = values - edges[-1] <= high_step
-        columns = np.arange(values.shape[1])
-        inside = log_density[np.clip(index - 1, 0, n_bins - 1), columns]
+        if len(values) <= CHUNK_ROWS:
+            index = (edges[None, :, :] < values[:, None, :]).sum(axis=1)
+        else:
+            index = np.empty(values.shape, dtype=np.int64)
+            for start in range(0, len(values), CHUNK_ROWS):
+                part = values[start : start + CHUNK_ROWS]
+                index[start : start + len(part)] = (edges[None, :, :] < part[:, None, :]).sum(
+                    axis=1
+                )
+        below_near = tables.first_edge - values <= tables.low_step
+        above_near = values - tables.last_edge <= tables.high_step
+        # index - 1 within [0, n_bins - 1] (np.clip's checks cost more on a few events)
+        inside = log_density[np.minimum(np.maximum(index - 1, 0), n_bins - 1), tables.columns]
         scores = np.where(
             index == 0,
-            np.where(below_near, log_density[0], rarest),
-            np.where(index == n_bins + 1, np.where(above_near, log_density[-1], rarest), inside),
+            np.where(below_near, tables.first_density, tables.rarest),
+            np.where(
+                index == n_bins + 1,
+                np.where(above_near, tables.last_density, tables.rarest),
+                inside,
+            ),
         )
         return -np.sum(scores, axis=1)
 
-    def _scoring_tables(self) -> tuple[np.ndarray, ...]:
+    def _scoring_tables(self) -> _HistogramTables:
         """What scoring reads of the fitted model, computed once per model (a one-event call
         spent a third of its time recomputing them): edges, log densities, each feature's
         rarest log density, and the `tol` margins below the first and above the last edge."""
@@ -168,12 +197,17 @@ class HistogramDetector(Stage):
             hist, edges = np.asarray(self.model_.hist_), np.asarray(self.model_.bin_edges_)
             log_density = np.log2(hist + self.model_.alpha)  # (bins, features)
             tol = self.model_.tol
-            tables = (
-                edges,
-                log_density,
-                log_density.min(axis=0),
-                (edges[1] - edges[0]) * tol,
-                (edges[-1] - edges[-2]) * tol,
+            tables = _HistogramTables(
+                edges=edges,
+                log_density=log_density,
+                rarest=log_density.min(axis=0),
+                low_step=(edges[1] - edges[0]) * tol,
+                high_step=(edges[-1] - edges[-2]) * tol,
+                first_edge=edges[0],
+                last_edge=edges[-1],
+                first_density=log_density[0],
+                last_density=log_density[-1],
+                columns=np.arange(edges.shape[1]),
             )
             self._tables = (self.model_, tables)
         return self._tables[1]
