@@ -246,9 +246,9 @@ class AutoencoderConfig(StrictModel):
 class PseudoLabelConfig(StrictModel):
     """How the judge learns without labels (hybrid_ad.stages.label_free); one default for all data.
 
-    Each signal's score becomes a surprise against the training events; their weighted mean
-    is the prior (weights from the signals' rank correlations on validation, `weighting`),
-    and the judge's target is the share of contamination rates in
+    Each signal's score becomes a tail share (a p-value) against the training events; the
+    prior combines them (`combination`, weights from the signals' rank correlations on
+    validation, `weighting`), and the judge's target is the share of contamination rates in
     `contamination_range` (log-uniform) at which an event is in the prior's top.
     """
 
@@ -262,6 +262,12 @@ class PseudoLabelConfig(StrictModel):
         description="decorrelated: weights C^-1 1 from the signals' rank correlations C on "
         "validation, so signals that rank events alike share one vote (label-free); equal: "
         "the plain mean",
+    )
+    combination: Literal["harmonic", "mean"] = Field(
+        "harmonic",
+        description="harmonic: the weighted harmonic mean of the signals' mid-p tail shares, "
+        "so one view that finds an event very rare is enough; mean: the weighted mean of their "
+        "surprises -log p (Fisher's combination), which needs several views to agree",
     )
     contamination_range: tuple[float, float] = Field(
         (0.001, 0.1),
