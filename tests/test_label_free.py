@@ -270,16 +270,21 @@ def test_mid_p_counts_half_the_ties_and_is_saved() -> None:
     )
 
 
-def test_combination_mean_is_the_previous_prior(fitted) -> None:
+def test_combination_harmonic_combines_the_mid_p_shares(fitted) -> None:
     detector, split = fitted
-    assert detector.config.judge.pseudo.combination == "harmonic"
-    mean = copy.copy(detector)
-    mean.config = config_from_dict(small_config_dict(judge={"pseudo": {"combination": "mean"}}))
+    assert detector.config.judge.pseudo.combination == "mean"
     outputs = detector.stage_outputs(split.validation)
-    surprises = {name: detector._surprise(outputs, name) for name in detector.prior_weights_}
     weights = detector.prior_weights_
-    np.testing.assert_allclose(mean._prior(outputs), prior(surprises, weights, "mean"))
-    assert not np.allclose(detector._prior(outputs), mean._prior(outputs))
+    assert weights is not None
+    surprises = {name: detector._surprise(outputs, name) for name in weights}
+    np.testing.assert_allclose(detector._prior(outputs), prior(surprises, weights, "mean"))
+    harmonic = copy.copy(detector)
+    pseudo = {"pseudo": {"combination": "harmonic"}}
+    harmonic.config = config_from_dict(small_config_dict(judge=pseudo))
+    assert detector.tail_scales_ is not None
+    mid = {name: detector.tail_scales_[name].mid_surprise(outputs.signal(name)) for name in weights}
+    np.testing.assert_allclose(harmonic._prior(outputs), prior(mid, weights, "harmonic"))
+    assert not np.allclose(harmonic._prior(outputs), detector._prior(outputs))
 
 
 @pytest.fixture(scope="module")

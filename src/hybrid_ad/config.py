@@ -263,11 +263,12 @@ class PseudoLabelConfig(StrictModel):
         "validation, so signals that rank events alike share one vote (label-free); equal: "
         "the plain mean",
     )
-    combination: Literal["harmonic", "mean"] = Field(
-        "harmonic",
-        description="harmonic: the weighted harmonic mean of the signals' mid-p tail shares, "
-        "so one view that finds an event very rare is enough; mean: the weighted mean of their "
-        "surprises -log p (Fisher's combination), which needs several views to agree",
+    combination: Literal["mean", "harmonic"] = Field(
+        "mean",
+        description="mean: the weighted mean of the signals' surprises -log p (Fisher's "
+        "combination), which rewards views that agree; harmonic: the weighted harmonic mean of "
+        "their mid-p tail shares, where one view that finds an event very rare is enough "
+        "(measured: a better prior, not a better judge; BENCHMARKS.md)",
     )
     contamination_range: tuple[float, float] = Field(
         (0.001, 0.1),

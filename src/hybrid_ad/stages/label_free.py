@@ -3,12 +3,12 @@
 The rules, the autoencoder and a histogram detector (PyOD's HBOS) each say how unusual an
 event is, on scales that cannot be compared. Each score becomes a tail share p, the share of
 training events scoring at least as high, or its *surprise* -log p: 1 in 1,000 is 6.9
-whatever the detector. The prior combines them as p-values are combined in multiple testing.
-The default, the weighted harmonic mean p-value (`combine_harmonic`), follows the smallest
-weighted p: one view that finds an event very rare is enough, where the weighted mean
-surprise (Fisher's combination, `combination: mean`) needs several views to agree and dilutes
-a single strong view with the others' noise. Views that move together are not independent
-evidence, so the weights come from the signals' rank correlations on validation events
+whatever the detector. The prior combines them as p-values are combined in multiple testing:
+by default their weighted mean surprise (Fisher's combination), which rewards views that
+agree; `combination: harmonic`, the weighted harmonic mean p (`combine_harmonic`), follows
+the smallest weighted p, so one view that finds an event very rare is enough (measured: a
+better prior, but not a better judge, BENCHMARKS.md). Views that move together are not
+independent evidence, so the weights come from the signals' rank correlations on validation events
 (`decorrelated_weights`): two signals that say the same thing share one vote.
 
 The judge is then trained on soft targets from that prior. How many events are anomalous is
