@@ -12,7 +12,7 @@ import pytest
 
 from hybrid_ad.config import config_from_dict
 from hybrid_ad.core.detector import Detector
-from hybrid_ad.data import Split, time_split, validate_events
+from hybrid_ad.data import EVENT_SECONDS, Split, time_split, validate_events
 from hybrid_ad.stages import features as features_module
 from hybrid_ad.stages import label_free
 from hybrid_ad.stages.features import FeatureBuilder, prepare_events
@@ -118,3 +118,45 @@ def test_chunked_transforms_equal_one_pass(config, events, monkeypatch) -> None:
     for name in ("scaled", "engineered", "clipped"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
     np.testing.assert_array_equal(detector.histogram_.decision_function(whole.scaled), histogram)
+
+
+def test_a_sample_keeps_the_whole_datas_optimiser_steps_per_epoch() -> None:
+    from hybrid_ad.config import AutoencoderConfig
+    from hybrid_ad.stages.autoencoder import Autoencoder
+
+    model = Autoencoder(AutoencoderConfig())
+    assert model.batch_size(1_000_000) == model.batch_size(1_000_000, 1.0) == 1024
+    # a quarter of the rows in batches a quarter the size: as many steps an epoch as all
+    assert model.batch_size(262_144, 0.25) == 256
+    assert model.batch_size(262_144, 0.001) == 32  # never below 32
+    small = Autoencoder(AutoencoderConfig(batch_size=16))
+    assert small.batch_size(1_000_000) == small.batch_size(1_000_000, 0.5) == 16
+
+
+def test_the_ablation_fits_on_fewer_negatives_only_where_the_judge_sampled(config, events):
+    from hybrid_ad.jobs.pipeline import ablation_negatives
+
+    split = _split(events, config)
+    unsampled = Detector(config).fit(split.train, validation=split.validation)
+    assert ablation_negatives(unsampled) is None  # a smaller file: the ablation as before
+    sampled_config = _sampled_config()
+    split = _split(make_events(), sampled_config)
+    detector = Detector(sampled_config).fit(split.train, validation=split.validation)
+    budget = ablation_negatives(detector)
+    assert budget == 125
+    ablation = detector.without_autoencoder_inputs(split.train, split.validation, budget)
+    assert ablation.fitted_judge().sample_rate_ < detector.fitted_judge().sample_rate_
+    assert detector.config.judge.max_negatives == 500  # the detector itself is unchanged
+    assert not ablation.judge_uses_autoencoder_ and detector.judge_uses_autoencoder_
+
+
+def test_a_log_in_time_order_is_split_without_a_copy(config, events) -> None:
+    validated, _ = validate_events(events, config.data, "events")
+    ordered = validated.sort_values(EVENT_SECONDS, kind="stable")
+    split = time_split(ordered, config.data.split)
+    pd.testing.assert_frame_equal(pd.concat([split.train, split.validation, split.test]), ordered)
+    shuffled = time_split(ordered.sample(frac=1.0, random_state=0), config.data.split)
+    assert shuffled.train[EVENT_SECONDS].is_monotonic_increasing  # out of order: sorted
+    assert shuffled.train[EVENT_SECONDS].max() <= shuffled.validation[EVENT_SECONDS].min()
+    seconds = ordered[EVENT_SECONDS].to_numpy()
+    assert np.shares_memory(split.train[EVENT_SECONDS].to_numpy(), seconds)

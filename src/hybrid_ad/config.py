@@ -232,11 +232,11 @@ class AutoencoderConfig(StrictModel):
     error_metric: Literal["l2", "l1"] = "l2"
     train_on: Literal["rule_normal", "all"] = "rule_normal"
     max_train_rows: int | None = Field(
-        None,
+        262_144,
         ge=1,
         description="the network trains (and early-stops) on a seeded uniform sample of this "
-        "many of its rows when it has more (the rate is recorded in the model); null: all. "
-        "Off by default: training is bound by optimiser steps, and a sample cuts them",
+        "many of its rows when it has more (the rate is recorded in the model), in batches "
+        "shrunk by the rate so that an epoch keeps the whole data's optimiser steps; null: all",
     )
     threads: int = Field(
         1, ge=1, le=MAX_THREADS, description="torch threads; small dense layers run fastest on one"

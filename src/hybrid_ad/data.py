@@ -328,8 +328,11 @@ class Split:
 
 
 def time_split(frame: pd.DataFrame, config: SplitConfig) -> Split:
-    """Sort by event time (stable, so ties keep arrival order) and cut by row counts."""
-    ordered = frame.sort_values(EVENT_SECONDS, kind="stable")
+    """Sort by event time (stable, so ties keep arrival order) and cut by row counts. A frame
+    already in time order (a log written as it happened) is cut as it is: the sort would only
+    copy it, every column of a million events."""
+    in_order = frame[EVENT_SECONDS].is_monotonic_increasing
+    ordered = frame if in_order else frame.sort_values(EVENT_SECONDS, kind="stable")
     n_rows = len(ordered)
     n_train = round(n_rows * config.train)
     n_validation = round(n_rows * config.validation)

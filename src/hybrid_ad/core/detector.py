@@ -143,7 +143,8 @@ class Detector:
             frame.source if isinstance(frame, PreparedEvents) else "training data",
         )
         train = self._unlabelled(events)
-        held_out = self._unlabelled(self._events(validation, "validation data", history=frame))
+        held_out_events = self._events(validation, "validation data", history=frame)
+        held_out = self._unlabelled(held_out_events)
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
         self._reused = {} if self._reused is not None else None  # the stages change
@@ -161,7 +162,8 @@ class Detector:
         seed = self.config.seed
         train_inputs = train_features.scaled[sample_rows(train_rows, rate, [seed, 1])][:, columns]
         held_out_at = sample_rows(held_out_rows, rate, [seed, 2])
-        held_out_inputs = self.features_.transform(held_out).scaled[held_out_at][:, columns]
+        held_out_features = self.features_.transform(held_out)
+        held_out_inputs = held_out_features.scaled[held_out_at][:, columns]
         with self.progress.task("autoencoder", self.config.autoencoder.max_epochs) as advance:
             autoencoder.fit(
                 train_inputs,
@@ -172,8 +174,11 @@ class Detector:
         del train_inputs, held_out_inputs
         self.autoencoder_ = autoencoder
         self.histogram_ = HistogramDetector().fit(train_features.scaled)
-        del train_features
-        outputs = self._outputs(events)  # fit_judge takes them from here
+        # fit_judge takes them from here; the features are not transformed a second time
+        outputs = self._outputs(events, train_features)
+        if self._reused is not None:
+            self._outputs(held_out_events, held_out_features)
+        del train_features, held_out_features
         self.tail_scales_ = {name: TailScale().fit(outputs.signal(name)) for name in SIGNALS}
         self.judge_ = None
         return self
@@ -238,10 +243,16 @@ class Detector:
         )
         return self
 
-    def without_autoencoder_inputs(self, frame: Events, validation: Events) -> Detector:
+    def without_autoencoder_inputs(
+        self, frame: Events, validation: Events, max_negatives: int | None = None
+    ) -> Detector:
         """Ablation: the same detector with a judge that never sees the autoencoder, in its
-        inputs or in its label-free prior. The original detector is left unchanged."""
+        inputs or in its label-free prior. The original detector is left unchanged.
+        `max_negatives`: a smaller `judge.max_negatives` for it (a cheaper evaluation aid)."""
         ablation = copy.copy(self)
+        if max_negatives is not None:
+            judge = self.config.judge.model_copy(update={"max_negatives": max_negatives})
+            ablation.config = self.config.model_copy(update={"judge": judge})
         return ablation.fit_judge(frame, validation, use_autoencoder=False)
 
     def training_labels(
@@ -456,14 +467,16 @@ class Detector:
         """The judge; a NotFittedError before `fit` / `fit_judge`."""
         return self._fitted_judge()
 
-    def _outputs(self, events: Columns) -> StageOutputs:
+    def _outputs(self, events: Columns, features: FeatureMatrix | None = None) -> StageOutputs:
+        """The label-free stages on `events` (`features`: their feature matrix, if at hand)."""
         self._require_unsupervised()
         assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
         reused = None if self._reused is None else self._reused.get(id(events))
         if reused is not None and reused[0] is events:
             return reused[1]
         unlabelled = self._unlabelled(events)
-        features = self.features_.transform(unlabelled)
+        if features is None:
+            features = self.features_.transform(unlabelled)
         error, embedding = self.autoencoder_.transform(features.scaled[:, self.autoencoder_inputs_])
         histogram = self.histogram_.decision_function(features.scaled)
         outputs = StageOutputs(

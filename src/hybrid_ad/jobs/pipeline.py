@@ -48,7 +48,7 @@ from hybrid_ad.evaluation import (
 from hybrid_ad.jobs.features import check_feature_table
 from hybrid_ad.progress import ProgressReporter
 from hybrid_ad.reporting.report import write_report
-from hybrid_ad.stages.features import PreparedEvents, prepare_events
+from hybrid_ad.stages.features import PreparedEvents, compact_behaviour, prepare_events
 
 MODEL_DIR = "model"
 REPORTS_DIR = "reports"
@@ -57,6 +57,8 @@ OUTPUTS = (MODEL_DIR, REPORTS_DIR)
 """What a run or a step publishes together (`artifacts.published_outputs`)."""
 SCORE_CHUNK = 50_000
 TOP_ALERTS = 20
+ABLATION_NEGATIVE_SHARE = 4
+"""The ablation judge fits on 1 / this of the judge's `max_negatives` (`ablation_negatives`)."""
 
 
 class Timer:
@@ -94,7 +96,7 @@ def load_data(config: Config, data_path: Path | None) -> LoadedData:
     """
     path = Path(data_path or config.data.path)
     check_feature_table(path, config)  # a backfilled table: its features are taken as given
-    events = prepare_events(read_table(path), config, str(path))
+    events = compact_behaviour(prepare_events(read_table(path), config, str(path)), config)
     split = time_split(events.frame, config.data.split)
     return LoadedData(split, events.feature_columns, file_sha256(path), path)
 
@@ -145,12 +147,13 @@ def evaluate_step(
     with detector.reusing_outputs():  # the ablation's label-free stages are the detector's
         with timer.step("fit_ablation"):
             ablation = detector.without_autoencoder_inputs(
-                data.part("train"), data.part("validation")
+                data.part("train"), data.part("validation"), ablation_negatives(detector)
             )
         detector.release_outputs(data.part("train"))  # the training part is done with
         with timer.step("score"):
             validation_scores = _stage_scores(detector, ablation, data.part("validation"))
             test_scores = _stage_scores(detector, ablation, data.part("test"))
+    ablation_rate = ablation.fitted_judge().sample_rate_
     del ablation
     truth = config.judge.label_source == "truth"
     validation_labels = data.split.validation[label].to_numpy(np.int8) if truth else None
@@ -188,7 +191,10 @@ def evaluate_step(
         "split": data.split.summary(label),
         "label_source": config.judge.label_source,
         "data": {"path": str(data.path), "sha256": data.sha256},
-        "training": detector.training_summary(),
+        "training": {
+            **detector.training_summary(),
+            "ablation_judge_negative_rate": ablation_rate,
+        },
         "seed": config.seed,
         "timings_s": timer.timings,
         "warnings": warnings,
@@ -206,6 +212,18 @@ def evaluate_step(
                 top_alerts(detector, data.part("test"), test_scores["judge"], test_labels),
             )
     return metrics
+
+
+def ablation_negatives(detector: Detector) -> int | None:
+    """The ablation judge's `max_negatives` where the judge sampled its negatives: a quarter of
+    it. The ablation is an evaluation aid, never saved or served, and its fit was a third of
+    a large run's time; its negatives are a subset of the judge's (the same seeded draws at a
+    lower rate), prior corrected as the judge's are. Where the judge fitted on every event
+    (None), so does the ablation: a smaller file's figures do not change."""
+    budget = detector.config.judge.max_negatives
+    if budget is None or detector.fitted_judge().sample_rate_ >= 1.0:
+        return None
+    return max(1, budget // ABLATION_NEGATIVE_SHARE)
 
 
 def top_alerts(
@@ -247,13 +265,11 @@ def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
 def _stage_scores(
     detector: Detector, ablation: Detector, frame: PreparedEvents
 ) -> dict[str, np.ndarray]:
-    scored = detector.score(frame)
+    """Each stage's score: `stage_scores`, not `score`, whose per-event texts (rules hit,
+    inputs clipped) evaluation never reads."""
     return {
-        "rules": scored["rule_score"].to_numpy(),
-        "autoencoder": scored["reconstruction_error"].to_numpy(),
-        "histogram": scored["histogram_score"].to_numpy(),
-        "judge": scored["score"].to_numpy(),
-        "judge_without_autoencoder": ablation.score(frame)["score"].to_numpy(),
+        **detector.stage_scores(frame),
+        "judge_without_autoencoder": ablation.stage_scores(frame)["judge"],
     }
 
 

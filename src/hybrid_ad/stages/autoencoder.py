@@ -112,22 +112,29 @@ class Autoencoder(Stage):
             scaled = np.clip(scaled, -self.clip_, self.clip_)
         return np.ascontiguousarray(scaled, dtype=np.float32)
 
-    def batch_size(self, n_rows: int) -> int:
+    def batch_size(self, n_rows: int, sample_rate: float = 1.0) -> int:
         """`batch_size`, made smaller on small data so that an epoch takes at least
         `min_steps_per_epoch` optimiser steps (batches of at least 32): with 1,024 per batch
         a 1,000-event training set would get one step an epoch, 40 in all, and stay untrained.
+
+        On a sample (`sample_rate` < 1) batches shrink by the rate too, so an epoch takes the
+        optimiser steps the whole data would: the network is bound by its steps, not by the
+        rows each sees (BENCHMARKS.md, one machine), and a smaller batch costs less per step.
         """
         steps = self.config.min_steps_per_epoch
-        return int(min(self.config.batch_size, max(MIN_BATCH, n_rows // steps)))
+        size = self.config.batch_size
+        largest = min(size, max(MIN_BATCH, int(size * sample_rate)))
+        return int(min(largest, max(MIN_BATCH, n_rows // steps)))
 
     def training_share(self, candidates: int) -> float:
         """The share of `candidates` rows to train on: all, or `max_train_rows` of them.
 
         A uniform share of the normal-looking rows: keeping the outliers whole would shift
         the training mix towards them and teach the network to reconstruct what it should
-        find unusual. Fewer rows are fewer optimiser steps in `max_epochs`: on the 5,000-account
-        streaming log an 18% sample left the network short of the full data's validation loss
-        (BENCHMARKS.md), so the default trains on all."""
+        find unusual. The sample keeps the whole data's optimiser steps (`batch_size`), and
+        so the validation loss: on the 5,000-account streaming log a 24% sample in
+        batches of 245 reached a lower one than all 1.09M rows in batches of 1,024, where an
+        18% sample in batches of 1,024 (a fifth of the steps) fell short (BENCHMARKS.md)."""
         budget = self.config.max_train_rows
         return 1.0 if budget is None or candidates <= budget else budget / candidates
 
@@ -156,7 +163,7 @@ class Autoencoder(Stage):
         self.fit_scaling(train)
         train_tensor = torch.from_numpy(self.scale_inputs(train))
         validation_tensor = torch.from_numpy(self.scale_inputs(validation))
-        batch_size = self.batch_size(len(train_tensor))
+        batch_size = self.batch_size(len(train_tensor), sample_rate)
         generator = torch.Generator().manual_seed(self.seed)
         best_loss, best_state, stale = float("inf"), None, 0
         self.history_ = []
@@ -216,9 +223,20 @@ class Autoencoder(Stage):
         return torch.cat(errors), torch.cat(latents)
 
     def transform(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Reconstruction error (n,) and latent embedding (n, latent_dim) in one pass."""
+        """Reconstruction error (n,) and latent embedding (n, latent_dim) in one pass.
+
+        Scaled in chunks of `SCORE_BATCH` rows (the batches `_run` takes anyway): the float64
+        copy of a million events' inputs at once was the run's peak memory."""
         network = self._fitted()
-        errors, latents = self._run(network, torch.from_numpy(self.scale_inputs(inputs)))
+        parts = [
+            self._run(
+                network, torch.from_numpy(self.scale_inputs(inputs[start : start + SCORE_BATCH]))
+            )
+            for start in range(0, len(inputs), SCORE_BATCH)
+        ]
+        if not parts:
+            return np.zeros(0), np.zeros((0, self.config.latent_dim), np.float32)
+        errors, latents = (torch.cat([part[at] for part in parts]) for at in (0, 1))
         return errors.double().numpy(), latents.numpy()
 
     @torch.inference_mode()
