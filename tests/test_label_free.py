@@ -23,6 +23,7 @@ from hybrid_ad.stages.label_free import (
     HistogramDetector,
     TailScale,
     average_ranks,
+    combine_harmonic,
     decorrelated_weights,
     prior,
     soft_targets,
@@ -201,8 +202,89 @@ def test_decorrelated_weights_give_a_copied_signal_no_extra_vote() -> None:
 
 def test_weighted_prior_is_the_weighted_mean() -> None:
     surprises = {"x": np.array([0.0, 3.0]), "y": np.array([6.0, 0.0])}
-    np.testing.assert_allclose(prior(surprises, {"x": 2.0, "y": 1.0}), [2.0, 2.0])
-    np.testing.assert_allclose(prior(surprises), [3.0, 1.5])
+    np.testing.assert_allclose(prior(surprises, {"x": 2.0, "y": 1.0}, "mean"), [2.0, 2.0])
+    np.testing.assert_allclose(prior(surprises, None, "mean"), [3.0, 1.5])
+
+
+def test_harmonic_prior_keeps_one_strong_signal_on_top_where_the_mean_dilutes_it() -> None:
+    # 2,000 events; "strong" finds events 0-9 1-in-10,000 rare and nothing else; two noise
+    # views find 40 other events 1-in-500 rare together (their shared extreme) and the rest
+    # ordinary. The harmonic mean p keeps the strong view's ten on top; the mean of
+    # surprises divides their 9.2 by three and puts the noise pairs above them.
+    n = 2000
+    ordinary = -np.log(np.linspace(0.05, 1.0, n))
+    strong, noise = ordinary.copy(), ordinary[::-1].copy()
+    strong[:10] = -np.log(1e-4)
+    noise[10:50] = -np.log(2e-3)
+    surprises = {"strong": strong, "noise_a": noise, "noise_b": noise.copy()}
+    weights = {"strong": 1 / 3, "noise_a": 1 / 3, "noise_b": 1 / 3}
+    top = set(range(10))
+    harmonic = prior(surprises, weights, "harmonic")
+    assert set(np.argsort(-harmonic)[:10]) == top
+    assert not set(np.argsort(-prior(surprises, weights, "mean"))[:10]) & top
+
+
+def test_harmonic_combination_is_minus_log_the_weighted_harmonic_mean_p() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(1e-6, 1.0, size=(500, 3))
+    w = np.array([0.5, 0.3, 0.2])
+    expected = -np.log(1.0 / ((w / p).sum(axis=1)))
+    np.testing.assert_allclose(combine_harmonic(-np.log(p), w), expected, rtol=1e-12)
+    # a zero weight drops a signal, and huge surprises do not overflow
+    np.testing.assert_allclose(
+        combine_harmonic(-np.log(p), np.array([0.5, 0.5, 0.0])),
+        -np.log(1.0 / (0.5 / p[:, 0] + 0.5 / p[:, 1])),
+        rtol=1e-12,
+    )
+    extreme = combine_harmonic(np.array([[800.0, 0.0], [0.0, 0.0]]), np.array([0.5, 0.5]))
+    np.testing.assert_allclose(extreme, [800.0 + np.log(0.5), 0.0], atol=1e-12)
+    # monotone in every signal: more surprise never lowers the prior
+    more = -np.log(p)
+    more[:, 1] += 1.0
+    assert np.all(combine_harmonic(more, w) > combine_harmonic(-np.log(p), w))
+
+
+def test_mid_p_counts_half_the_ties_and_is_saved() -> None:
+    rule_scores = np.array([0.0] * 90 + [2.0] * 10)  # a rule score: a floor and a plateau
+    scale = TailScale().fit(rule_scores)
+    # upper share: every event on the plateau is as ordinary as all ten; mid-p: five above
+    np.testing.assert_allclose(scale.transform(np.array([2.0, 0.0])), -np.log([11 / 101, 1.0]))
+    np.testing.assert_allclose(
+        scale.mid_surprise(np.array([2.0, 0.0, 5.0, -1.0])),
+        -np.log([6 / 101, 56 / 101, 1 / 101, 1.0]),
+    )
+    continuous = np.random.default_rng(0).normal(size=3000)
+    smooth = TailScale().fit(continuous)
+    values = np.linspace(-3, 3, 50)
+
+    def rank(surprise: np.ndarray) -> np.ndarray:
+        return np.exp(-surprise) * (len(continuous) + 1) - 1
+
+    gap = rank(smooth.transform(values)) - rank(smooth.mid_surprise(values))
+    assert np.all(gap >= 0) and np.all(gap <= 0.5 + 1e-9)  # no ties: at most half a rank
+    loaded = TailScale.from_dict(json.loads(json.dumps(scale.to_dict())), "rules")
+    np.testing.assert_array_equal(loaded.mid_surprise(rule_scores), scale.mid_surprise(rule_scores))
+    old = {key: value for key, value in scale.to_dict().items() if key != "ties"}
+    np.testing.assert_array_equal(  # saved before the tie counts: the upper share, as fitted
+        TailScale.from_dict(old, "rules").mid_surprise(rule_scores), scale.transform(rule_scores)
+    )
+
+
+def test_combination_harmonic_combines_the_mid_p_shares(fitted) -> None:
+    detector, split = fitted
+    assert detector.config.judge.pseudo.combination == "mean"
+    outputs = detector.stage_outputs(split.validation)
+    weights = detector.prior_weights_
+    assert weights is not None
+    surprises = {name: detector._surprise(outputs, name) for name in weights}
+    np.testing.assert_allclose(detector._prior(outputs), prior(surprises, weights, "mean"))
+    harmonic = copy.copy(detector)
+    pseudo = {"pseudo": {"combination": "harmonic"}}
+    harmonic.config = config_from_dict(small_config_dict(judge=pseudo))
+    assert detector.tail_scales_ is not None
+    mid = {name: detector.tail_scales_[name].mid_surprise(outputs.signal(name)) for name in weights}
+    np.testing.assert_allclose(harmonic._prior(outputs), prior(mid, weights, "harmonic"))
+    assert not np.allclose(harmonic._prior(outputs), detector._prior(outputs))
 
 
 @pytest.fixture(scope="module")

@@ -246,9 +246,9 @@ class AutoencoderConfig(StrictModel):
 class PseudoLabelConfig(StrictModel):
     """How the judge learns without labels (hybrid_ad.stages.label_free); one default for all data.
 
-    Each signal's score becomes a surprise against the training events; their weighted mean
-    is the prior (weights from the signals' rank correlations on validation, `weighting`),
-    and the judge's target is the share of contamination rates in
+    Each signal's score becomes a tail share (a p-value) against the training events; the
+    prior combines them (`combination`, weights from the signals' rank correlations on
+    validation, `weighting`), and the judge's target is the share of contamination rates in
     `contamination_range` (log-uniform) at which an event is in the prior's top.
     """
 
@@ -262,6 +262,13 @@ class PseudoLabelConfig(StrictModel):
         description="decorrelated: weights C^-1 1 from the signals' rank correlations C on "
         "validation, so signals that rank events alike share one vote (label-free); equal: "
         "the plain mean",
+    )
+    combination: Literal["mean", "harmonic"] = Field(
+        "mean",
+        description="mean: the weighted mean of the signals' surprises -log p (Fisher's "
+        "combination), which rewards views that agree; harmonic: the weighted harmonic mean of "
+        "their mid-p tail shares, where one view that finds an event very rare is enough "
+        "(measured: a better prior, not a better judge; BENCHMARKS.md)",
     )
     contamination_range: tuple[float, float] = Field(
         (0.001, 0.1),

@@ -355,11 +355,21 @@ class Detector:
         return decorrelated_weights(surprises)
 
     def _prior(self, outputs: StageOutputs) -> np.ndarray:
+        """`judge.pseudo.combination` of the signals' surprises: the harmonic mean p of their
+        mid-p tail shares, or the mean of their surprises (hybrid_ad.stages.label_free)."""
         signals = self.prior_signals()
         weights = self.prior_weights_
         if weights is None or set(weights) != set(signals):
             raise RuntimeError("Detector has no prior weights for its signals: call fit_judge")
-        return prior({name: self._surprise(outputs, name) for name in signals}, weights)
+        combination = self.config.judge.pseudo.combination
+        assert self.tail_scales_ is not None
+        surprises = {
+            name: self.tail_scales_[name].mid_surprise(outputs.signal(name))
+            if combination == "harmonic"
+            else self._surprise(outputs, name)
+            for name in signals
+        }
+        return prior(surprises, weights, combination)
 
     def _surprise(self, outputs: StageOutputs, name: str) -> np.ndarray:
         assert self.tail_scales_ is not None

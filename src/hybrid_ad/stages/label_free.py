@@ -1,11 +1,14 @@
 """How the judge learns without labels: independent label-free signals, combined by rank.
 
 The rules, the autoencoder and a histogram detector (PyOD's HBOS) each say how unusual an
-event is, on scales that cannot be compared. Each score becomes a *surprise*: minus the log of
-the share of training events scoring at least as high, so 1 in 1,000 is 6.9 whatever the
-detector. The prior is their weighted mean: an event that several independent views find rare
-ranks above one that a single view finds rare. Views that move together are not independent
-evidence, so the weights come from the signals' rank correlations on validation events
+event is, on scales that cannot be compared. Each score becomes a tail share p, the share of
+training events scoring at least as high, or its *surprise* -log p: 1 in 1,000 is 6.9
+whatever the detector. The prior combines them as p-values are combined in multiple testing:
+by default their weighted mean surprise (Fisher's combination), which rewards views that
+agree; `combination: harmonic`, the weighted harmonic mean p (`combine_harmonic`), follows
+the smallest weighted p, so one view that finds an event very rare is enough (measured: a
+better prior, but not a better judge, BENCHMARKS.md). Views that move together are not
+independent evidence, so the weights come from the signals' rank correlations on validation events
 (`decorrelated_weights`): two signals that say the same thing share one vote.
 
 The judge is then trained on soft targets from that prior. How many events are anomalous is
@@ -49,6 +52,7 @@ class TailScale(Stage):
     def __init__(self) -> None:
         self.scores_: np.ndarray | None = None  # descending scores at the kept ranks
         self.ranks_: np.ndarray | None = None  # 1-based ranks from the top
+        self.ties_: np.ndarray | None = None  # training scores equal to each kept score
         self.n_: int = 0
 
     def fit(self, scores: np.ndarray) -> TailScale:
@@ -58,27 +62,48 @@ class TailScale(Stage):
         kept = np.unique(ascending[n - positions])[::-1]  # distinct scores, descending
         # The rank of a kept score counts every training score equal to it (ties).
         ranks = n - np.searchsorted(ascending, kept, side="left")
+        ties = np.searchsorted(ascending, kept, side="right") - (n - ranks)
         self.scores_, self.ranks_, self.n_ = kept, ranks.astype(np.float64), n
+        self.ties_ = ties.astype(np.float64)
         return self
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
         """Surprise of each score: 0 for the most ordinary, about log(n) beyond the maximum."""
         self.check_fitted()
         assert self.scores_ is not None and self.ranks_ is not None
+        return self._surprise(scores, self.ranks_)
+
+    def mid_surprise(self, scores: np.ndarray) -> np.ndarray:
+        """Surprise of the mid-p: a score shared by many training events (a rule score's
+        plateau, the floor of 0) counts half of its ties as above it. The upper share
+        (`transform`) calls every event on a plateau as ordinary as its most ordinary member,
+        which understates a discrete signal against a continuous one: a continuous score
+        spread over the same share of events has a mean tail share of about the mid-p."""
+        self.check_fitted()
+        assert self.ranks_ is not None and self.ties_ is not None
+        return self._surprise(scores, self.ranks_ - self.ties_ / 2.0)
+
+    def _surprise(self, scores: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        assert self.scores_ is not None
         values = np.asarray(scores, dtype=np.float64)
-        # Rank of a score: how many training scores are >= it (interpolated between kept points).
-        ascending_scores, ascending_ranks = self.scores_[::-1], self.ranks_[::-1]
-        rank = np.interp(values, ascending_scores, ascending_ranks, left=self.n_, right=0.0)
+        # Rank of a score: how many training scores are >= it (interpolated between kept
+        # points); below the training minimum all n are above it
+        rank = np.interp(values, self.scores_[::-1], ranks[::-1], left=self.n_, right=0.0)
         return -np.log((rank + 1.0) / (self.n_ + 1.0))
 
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()
-        assert self.scores_ is not None and self.ranks_ is not None
-        return {"scores": self.scores_.tolist(), "ranks": self.ranks_.tolist(), "n": self.n_}
+        assert self.scores_ is not None and self.ranks_ is not None and self.ties_ is not None
+        return {
+            "scores": self.scores_.tolist(),
+            "ranks": self.ranks_.tolist(),
+            "ties": self.ties_.tolist(),
+            "n": self.n_,
+        }
 
     @property
     def is_fitted(self) -> bool:
-        return self.scores_ is not None and self.ranks_ is not None
+        return self.scores_ is not None and self.ranks_ is not None and self.ties_ is not None
 
     def to_files(self) -> dict[str, bytes]:
         return {"tail_scale.json": json_file(self.to_dict())}
@@ -94,14 +119,19 @@ class TailScale(Stage):
         try:
             scores = np.asarray(payload["scores"], dtype=np.float64)
             ranks = np.asarray(payload["ranks"], dtype=np.float64)
+            # models saved before the mid-p had no tie counts: 0 gives their upper share
+            ties = np.asarray(payload.get("ties", np.zeros(len(ranks))), dtype=np.float64)
             n = int(payload["n"])
         except (KeyError, TypeError, ValueError):
             raise ArtifactError(f"label_free.json: malformed tail scale '{name}'") from None
-        if scores.ndim != 1 or scores.shape != ranks.shape or len(scores) == 0 or n < 1:
+        shapes = {scores.shape, ranks.shape, ties.shape}
+        if scores.ndim != 1 or len(shapes) > 1 or len(scores) == 0 or n < 1:
             raise ArtifactError(f"label_free.json: tail scale '{name}' has inconsistent shapes")
         if not (np.all(np.isfinite(scores)) and np.all(np.diff(scores) < 0)):
             raise ArtifactError(f"label_free.json: tail scale '{name}' is not a sorted tail")
-        scale.scores_, scale.ranks_, scale.n_ = scores, ranks, n
+        if not (np.all(ties >= 0) and np.all(ties <= ranks)):
+            raise ArtifactError(f"label_free.json: tail scale '{name}' has impossible tie counts")
+        scale.scores_, scale.ranks_, scale.ties_, scale.n_ = scores, ranks, ties, n
         return scale
 
 
@@ -291,14 +321,41 @@ def decorrelated_weights(surprises: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(weights.get(name, 0.0)) for name in surprises}
 
 
-def prior(surprises: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
-    """The rank-combined prior: the weighted mean surprise over the signals (equal weights
-    without `weights`)."""
-    matrix = np.column_stack(list(surprises.values()))
-    if weights is None:
-        return np.mean(matrix, axis=1)
-    vector = np.array([weights[name] for name in surprises], dtype=np.float64)
-    return matrix @ (vector / vector.sum())
+COMBINATIONS = ("harmonic", "mean")
+"""How the prior combines the signals' surprises (`judge.pseudo.combination`)."""
+
+
+def prior(
+    surprises: dict[str, np.ndarray], weights: dict[str, float] | None, combination: str
+) -> np.ndarray:
+    """The rank-combined prior of the signals' surprises (equal weights without `weights`):
+    `mean`, their weighted mean (Fisher's combination); `harmonic`, `combine_harmonic`."""
+    names = list(surprises)
+    vector = np.ones(len(names)) if weights is None else np.array([weights[n] for n in names])
+    vector = np.asarray(vector, dtype=np.float64) / vector.sum()
+    matrix = np.column_stack([surprises[name] for name in names])
+    if combination == "mean":
+        return matrix @ vector
+    if combination == "harmonic":
+        return combine_harmonic(matrix, vector)
+    raise ValueError(f"unknown combination '{combination}'; known: {COMBINATIONS}")
+
+
+def combine_harmonic(surprises: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """-log of the weighted harmonic mean p-value (Wilson 2019) of each row's tail shares
+    p = exp(-surprise): log(sum w_i / p_i), computed without overflow.
+
+    It is dominated by the smallest weighted p, so an event that one view finds very rare
+    keeps that view's rank among the events the others find ordinary (a mean of surprises
+    would divide it by the number of views), and unlike the minimum p it still adds the other
+    views' evidence. The harmonic mean stays a valid combination when the p-values are
+    dependent, as these are (every signal reads the same events), up to a factor of at most
+    e log L for L signals (Vovk & Wang 2020). Zero weights drop a signal.
+    """
+    used = weights > 0
+    values, logw = surprises[:, used], np.log(weights[used])
+    peak = np.max(values + logw, axis=1)
+    return peak + np.log(np.exp(values + logw - peak[:, None]).sum(axis=1))
 
 
 def soft_targets(
