@@ -93,15 +93,17 @@ def _unique(items: Sequence[Any], what: str) -> None:
         raise ValueError(f"duplicate {what}: {seen[0]!r}")
 
 
+def _positive_seconds(spec: str, what: str = "duration") -> float:
+    """The duration `spec` in seconds; a config error when it is not positive."""
+    value = parse_duration(spec)
+    if value <= 0:
+        raise ValueError(f"{what} {spec!r} must be positive")
+    return value
+
+
 def _positive_distinct_windows(windows: list[str], what: str) -> list[str]:
     """Windows that parse, are positive and differ in seconds ('1h' and '60m' are one)."""
-    seconds = []
-    for spec in windows:
-        value = parse_duration(spec)
-        if value <= 0:
-            raise ValueError(f"{what} {spec!r} must be positive")
-        seconds.append(value)
-    _unique(seconds, "window (in seconds)")
+    _unique([_positive_seconds(spec, what) for spec in windows], "window (in seconds)")
     return windows
 
 
@@ -157,8 +159,7 @@ class LabelRiskConfig(BaseModel):
     @field_validator("delay")
     @classmethod
     def _positive(cls, spec: str) -> str:
-        if parse_duration(spec) <= 0:
-            raise ValueError(f"duration {spec!r} must be positive")
+        _positive_seconds(spec)
         return spec
 
 
@@ -202,8 +203,8 @@ class DistinctConfig(BaseModel):
     @field_validator("period")
     @classmethod
     def _positive(cls, spec: str | None) -> str | None:
-        if spec is not None and parse_duration(spec) <= 0:
-            raise ValueError(f"duration {spec!r} must be positive")
+        if spec is not None:
+            _positive_seconds(spec)
         return spec
 
     @property
@@ -325,8 +326,8 @@ class BehaviouralConfig(BaseModel):
     @field_validator("session_gap", "entity_ttl")
     @classmethod
     def _positive_duration(cls, spec: str | None) -> str | None:
-        if spec is not None and parse_duration(spec) <= 0:
-            raise ValueError(f"duration {spec!r} must be positive")
+        if spec is not None:
+            _positive_seconds(spec)
         return spec
 
     @field_validator("allowed_lateness")
