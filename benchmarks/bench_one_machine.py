@@ -67,13 +67,22 @@ class Probe:
         self.peaks: dict[str, int] = {}
         self.peak = 0
         self.active: list[str] = []
+        self.timeline: list[tuple[float, int, str]] = []
+        """Every second: seconds since start, the largest RSS (MiB) in it, the phases active."""
 
     def sample(self) -> None:
+        start = time.perf_counter()
+        second, second_peak = 0, 0
         while True:
             rss = self.process.memory_info().rss
             self.peak = max(self.peak, rss)
             for name in list(self.active):
                 self.peaks[name] = max(self.peaks.get(name, 0), rss)
+            second_peak = max(second_peak, rss)
+            now = int(time.perf_counter() - start)
+            if now > second:
+                self.timeline.append((second, round(second_peak / 2**20), "/".join(self.active)))
+                second, second_peak = now, 0
             time.sleep(0.05)
 
     def wrap(self, owner: Any, attribute: str, name: str) -> None:
@@ -115,9 +124,10 @@ def main() -> None:
         "cpu_s_by_phase": {name: round(value, 2) for name, value in probe.cpu_seconds.items()},
         "calls": probe.calls,
         "phase_peak_mib": {name: round(value / 2**20) for name, value in probe.peaks.items()},
+        "timeline_mib": probe.timeline,
     }
     args.json.write_text(json.dumps(figures, indent=1) + "\n")
-    print(json.dumps(figures, indent=1))
+    print(json.dumps({key: value for key, value in figures.items() if key != "timeline_mib"}))
 
 
 if __name__ == "__main__":

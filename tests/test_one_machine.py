@@ -133,21 +133,103 @@ def test_a_sample_keeps_the_whole_datas_optimiser_steps_per_epoch() -> None:
     assert small.batch_size(1_000_000) == small.batch_size(1_000_000, 0.5) == 16
 
 
-def test_the_ablation_fits_on_fewer_negatives_only_where_the_judge_sampled(config, events):
-    from hybrid_ad.jobs.pipeline import ablation_negatives
+def test_past_the_budget_a_negative_share_keeps_a_fraction_of_it() -> None:
+    from hybrid_ad.config import JudgeConfig
+    from hybrid_ad.stages.judge import Judge
+
+    labels = np.r_[np.zeros(1000), np.full(50, 0.3)]
+    judge = Judge(JudgeConfig(max_negatives=500))
+    assert judge.negative_rate(labels) == 0.5
+    assert judge.negative_rate(labels, share=4) == 0.125  # 125 of the 1,000
+    below = Judge(JudgeConfig(max_negatives=2000))
+    assert below.negative_rate(labels, share=4) == 1.0  # under the budget: every one
+
+
+def test_the_ablation_fits_on_fewer_negatives_only_past_the_budget(config, events):
+    from hybrid_ad.jobs.pipeline import ABLATION_NEGATIVE_SHARE
 
     split = _split(events, config)
     unsampled = Detector(config).fit(split.train, validation=split.validation)
-    assert ablation_negatives(unsampled) is None  # a smaller file: the ablation as before
+    ablation = unsampled.without_autoencoder_inputs(
+        split.train, split.validation, ABLATION_NEGATIVE_SHARE
+    )
+    assert ablation.fitted_judge().sample_rate_ == 1.0  # a smaller file: the ablation as before
     sampled_config = _sampled_config()
     split = _split(make_events(), sampled_config)
     detector = Detector(sampled_config).fit(split.train, validation=split.validation)
-    budget = ablation_negatives(detector)
-    assert budget == 125
-    ablation = detector.without_autoencoder_inputs(split.train, split.validation, budget)
-    assert ablation.fitted_judge().sample_rate_ < detector.fitted_judge().sample_rate_
+    ablation = detector.without_autoencoder_inputs(split.train, split.validation, 4)
+    # 125 of about as many target-0 events as the judge's 500 came from
+    ratio = ablation.fitted_judge().sample_rate_ / detector.fitted_judge().sample_rate_
+    assert 0.2 < ratio < 0.3
     assert detector.config.judge.max_negatives == 500  # the detector itself is unchanged
     assert not ablation.judge_uses_autoencoder_ and detector.judge_uses_autoencoder_
+
+
+def test_the_ablation_fitted_alongside_the_autoencoder_is_the_one_fitted_after(tmp_path):
+    """`fit_unsupervised(alongside=...)`: the ablation fitted on a second thread while the
+    autoencoder trains gives the same trees as the one fitted after the judge, and the
+    detector the same models as without it."""
+    config = _sampled_config()
+    split = _split(make_events(), config)
+    prepared = prepare_events(split.train, config, "train")
+    validation = prepare_events(split.validation, config, "validation", history=split.train)
+    test = prepare_events(split.test, config, "test", history=split.train)
+    fitted: list[Detector] = []
+    threads: list[str] = []
+
+    def ablation(partial: Detector) -> None:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        assert partial.autoencoder_ is None  # the label-free stages, but not the autoencoder
+        fitted.append(partial.without_autoencoder_inputs(prepared, validation, 4))
+
+    alongside = Detector(config)
+    with alongside.reusing_outputs():
+        alongside.fit_unsupervised(prepared, validation, alongside=ablation)
+        alongside.fit_judge(prepared, validation)
+    after = Detector(config)
+    with after.reusing_outputs():
+        after.fit_unsupervised(prepared, validation).fit_judge(prepared, validation)
+        sequential = after.without_autoencoder_inputs(prepared, validation, 4)
+    assert threads == ["alongside"]
+    assert fitted[0].fitted_judge().to_bytes() == sequential.fitted_judge().to_bytes()
+    assert fitted[0].threshold_ == sequential.threshold_
+    alongside.save(tmp_path / "a")
+    after.save(tmp_path / "b")
+    for name in ("autoencoder.safetensors", "judge.json", "label_free.json", "features.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    inputs, _ = fitted[0].judge_inputs(alongside.stage_outputs(test))
+    np.testing.assert_array_equal(
+        fitted[0].fitted_judge().predict_proba(inputs), sequential.stage_scores(test)["judge"]
+    )
+
+
+def test_an_error_alongside_is_raised_on_the_fitting_thread(config, events) -> None:
+    split = _split(events, config)
+
+    def failing(partial: Detector) -> None:
+        raise ValueError("alongside failed")
+
+    with pytest.raises(ValueError, match="alongside failed"):
+        Detector(config).fit_unsupervised(split.train, split.validation, alongside=failing)
+
+
+def test_the_histogram_fit_equals_pyods() -> None:
+    from pyod.models.hbos import HBOS
+
+    rng = np.random.default_rng(5)
+    inputs = rng.normal(size=(3000, 4)).astype(np.float32)
+    inputs[:, 1] = rng.poisson(0.3, 3000)  # few distinct values: empty bins
+    inputs[:, 3] = 2.5  # constant
+    ours = label_free.HistogramDetector().fit(inputs)
+    pyod = HBOS(n_bins=label_free.HistogramDetector.N_BINS).fit(inputs.astype(np.float64))
+    np.testing.assert_array_equal(ours.model_.hist_, pyod.hist_)
+    np.testing.assert_array_equal(ours.model_.bin_edges_, pyod.bin_edges_)
+    new = rng.normal(scale=2.0, size=(500, 4))
+    np.testing.assert_array_equal(ours.decision_function(new), pyod.decision_function(new))
+    with pytest.raises(ValueError, match="column 2 is not finite"):
+        label_free.HistogramDetector().fit(np.where(np.arange(4) == 2, np.nan, inputs))
 
 
 def test_a_log_in_time_order_is_split_without_a_copy(config, events) -> None:

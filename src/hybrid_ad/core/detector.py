@@ -13,9 +13,10 @@ import copy
 import fnmatch
 import json
 import platform
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,17 +70,55 @@ class StageOutputs:
 
     features: FeatureMatrix
     rules: RuleResult
-    reconstruction_error: np.ndarray
-    embedding: np.ndarray
+    reconstruction_error: np.ndarray | None
+    """None (and `embedding`) only within `fit_unsupervised`, before the autoencoder trains."""
+    embedding: np.ndarray | None
     histogram: np.ndarray
 
     def signal(self, name: str) -> np.ndarray:
         """One label-free signal's raw score (higher is more unusual)."""
-        return {
+        signal = {
             "rules": self.rules.score,
             "autoencoder": self.reconstruction_error,
             "histogram": self.histogram,
         }[name]
+        if signal is None:
+            raise RuntimeError(f"the {name} signal is read before its stage is fitted")
+        return signal
+
+
+Alongside = Callable[["Detector"], None]
+"""Work for a second thread while the autoencoder trains (`Detector.fit_unsupervised`)."""
+
+
+class _Alongside:
+    """`alongside` running on its own thread with a copy of the detector as it is now: the
+    copy keeps this moment's stages (later assignments on the detector do not reach it) and
+    reports no progress (one progress bar at a time). Its reused outputs are let go when
+    it returns."""
+
+    def __init__(self, work: Alongside, detector: Detector) -> None:
+        self.partial = copy.copy(detector)
+        self.partial.progress = QUIET
+        if detector._reused is not None:
+            self.partial._reused = dict(detector._reused)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), name="alongside")
+        self.thread.start()
+
+    def _run(self, work: Alongside) -> None:
+        try:
+            work(self.partial)
+        except BaseException as exc:  # raised again on the caller's thread, in `join`
+            self.error = exc
+        finally:
+            if self.partial._reused is not None:
+                self.partial._reused.clear()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class Detector:
@@ -141,8 +180,15 @@ class Detector:
         self.fit_unsupervised(train, validation)
         return self.fit_judge(train, validation)
 
-    def fit_unsupervised(self, frame: Events, validation: Events) -> Detector:
-        """Fit scaler, rules, autoencoder and histogram detector. Never reads the label column."""
+    def fit_unsupervised(
+        self, frame: Events, validation: Events, alongside: Alongside | None = None
+    ) -> Detector:
+        """Fit scaler, rules, autoencoder and histogram detector. Never reads the label column.
+
+        `alongside`: called on a second thread with a copy of the detector whose label-free
+        stages but the autoencoder are fitted, while this thread trains the autoencoder (one
+        core, and on a large log a minute): the batch job fits its ablation judge there, which
+        reads no autoencoder output. Its exception, if any, is raised here."""
         self.feature_columns_ = None
         events = self._events(frame, "training data")
         behavioural = self.config.features.behavioural
@@ -156,23 +202,55 @@ class Detector:
         held_out = self._unlabelled(held_out_events)
         self.features_ = FeatureBuilder(self.config.features).fit(train, self.feature_columns_)
         self.rules_ = RuleSet(self.config.rules).fit(train)
-        self._reused = {} if self._reused is not None else None  # the stages change
+        self.autoencoder_, self.judge_ = None, None  # `_outputs` without it until it is trained
+        reusing = self._reused is not None
+        self._reused = {} if reusing else None  # the stages change
         train_features = self.features_.transform(train)
+        held_out_features = self.features_.transform(held_out)
         self.autoencoder_inputs_ = self._select_autoencoder_inputs(train_features.scaled_names)
+        self.histogram_ = HistogramDetector().fit(train_features.scaled)
+        # the label-free outputs but the autoencoder's; fit_judge takes them from here
+        partial = self._outputs(events, train_features)
+        held_out_partial = self._outputs(held_out_events, held_out_features)
+        del train_features, held_out_features
+        self.tail_scales_ = {
+            name: TailScale().fit(partial.signal(name)) for name in SIGNALS if name != "autoencoder"
+        }
+        worker = _Alongside(alongside, self) if alongside is not None else None
+        try:
+            self.autoencoder_ = self._fit_autoencoder(partial, held_out_partial)
+        finally:
+            if worker is not None:
+                worker.join()
+        outputs = self._with_autoencoder(events, partial)
+        self._reused = {} if reusing else None  # the outputs above lack the autoencoder's
+        if reusing:
+            self._reused[id(events)] = (events, outputs)
+            self._reused[id(held_out_events)] = (
+                held_out_events,
+                self._with_autoencoder(held_out_events, held_out_partial),
+            )
+        errors = TailScale().fit(outputs.signal("autoencoder"))
+        self.tail_scales_ = {
+            name: errors if name == "autoencoder" else self.tail_scales_[name] for name in SIGNALS
+        }
+        return self
+
+    def _fit_autoencoder(self, train: StageOutputs, held_out: StageOutputs) -> Autoencoder:
+        """The autoencoder on the normal-looking rows (`train_on`) of the two parts, or a
+        seeded share of them (`max_train_rows`)."""
         columns = self.autoencoder_inputs_
         if self.config.autoencoder.train_on == "rule_normal":
-            train_rows = ~self.rules_.evaluate(train).pseudo_label
-            held_out_rows = ~self.rules_.evaluate(held_out).pseudo_label
+            train_rows, held_out_rows = ~train.rules.pseudo_label, ~held_out.rules.pseudo_label
         else:
-            train_rows = np.ones(len(train), dtype=bool)
-            held_out_rows = np.ones(len(held_out), dtype=bool)
+            train_rows = np.ones(len(train.rules.score), dtype=bool)
+            held_out_rows = np.ones(len(held_out.rules.score), dtype=bool)
         autoencoder = Autoencoder(self.config.autoencoder, seed=self.config.seed)
         rate = autoencoder.training_share(int(train_rows.sum()))
         seed = self.config.seed
-        train_inputs = train_features.scaled[sample_rows(train_rows, rate, [seed, 1])][:, columns]
+        train_inputs = train.features.scaled[sample_rows(train_rows, rate, [seed, 1])][:, columns]
         held_out_at = sample_rows(held_out_rows, rate, [seed, 2])
-        held_out_features = self.features_.transform(held_out)
-        held_out_inputs = held_out_features.scaled[held_out_at][:, columns]
+        held_out_inputs = held_out.features.scaled[held_out_at][:, columns]
         with self.progress.task("autoencoder", self.config.autoencoder.max_epochs) as advance:
             autoencoder.fit(
                 train_inputs,
@@ -180,17 +258,14 @@ class Detector:
                 on_epoch=lambda epoch, loss, val: advance(epoch, f"val loss {val:.4f}"),
                 sample_rate=rate,
             )
-        del train_inputs, held_out_inputs
-        self.autoencoder_ = autoencoder
-        self.histogram_ = HistogramDetector().fit(train_features.scaled)
-        # fit_judge takes them from here; the features are not transformed a second time
-        outputs = self._outputs(events, train_features)
-        if self._reused is not None:
-            self._outputs(held_out_events, held_out_features)
-        del train_features, held_out_features
-        self.tail_scales_ = {name: TailScale().fit(outputs.signal(name)) for name in SIGNALS}
-        self.judge_ = None
-        return self
+        return autoencoder
+
+    def _with_autoencoder(self, events: Columns, partial: StageOutputs) -> StageOutputs:
+        """`partial` (outputs without the autoencoder's) completed with the autoencoder's."""
+        assert self.autoencoder_ is not None
+        scaled = partial.features.scaled[:, self.autoencoder_inputs_]
+        error, embedding = self.autoencoder_.transform(scaled)
+        return replace(partial, reconstruction_error=error, embedding=embedding)
 
     def _select_autoencoder_inputs(self, scaled_names: list[str]) -> list[int]:
         """Positions of the inputs named by `autoencoder.inputs` (globs; `z_` prefix dropped)."""
@@ -204,10 +279,18 @@ class Detector:
         return sorted(chosen)
 
     def fit_judge(
-        self, frame: Events, validation: Events, use_autoencoder: bool = True
+        self,
+        frame: Events,
+        validation: Events,
+        use_autoencoder: bool = True,
+        negative_share: int = 1,
+        release_training: bool = False,
     ) -> Detector:
         """Fit the judge on the label source from config and choose its alert threshold on
-        validation; needs `fit_unsupervised` first."""
+        validation; needs `fit_unsupervised` first (`negative_share`: `Judge.negative_rate`).
+        `release_training`: forget the training part's reused outputs (`reusing_outputs`)
+        once its judge inputs and targets are made, before the trees: the batch job needs
+        them no more, and on a large log they are 0.6 GiB."""
         self._require_unsupervised()
         truth = self.config.judge.label_source == "truth"
         train = self._events(frame, "training data", require_label=truth)
@@ -223,16 +306,22 @@ class Detector:
         self.mixed_choice_ = None
         if self.config.judge.label_source == "mixed":
             self.mixed_choice_ = self._choose_unlabelled(train, train_outputs, inputs, reference)
+        targets = self.training_labels(train, train_outputs, reference)
+        held_out_targets = self.training_labels(held_out, held_out_outputs, reference)
+        if release_training:
+            self.release_outputs(train)
+        del train_outputs
         with self.progress.task(title, self.config.judge.n_estimators) as advance:
             judge.fit(
                 inputs,
-                self.training_labels(train, train_outputs, reference),
+                targets,
                 held_out_inputs,
-                self.training_labels(held_out, held_out_outputs, reference),
+                held_out_targets,
                 names,
                 on_round=lambda round_: advance(round_, ""),
                 sample_weight=self.training_weights(train),
                 validation_weight=self.training_weights(held_out),
+                negative_share=negative_share,
             )
         self.judge_ = judge
         label = self.config.data.label
@@ -256,16 +345,23 @@ class Detector:
         return self
 
     def without_autoencoder_inputs(
-        self, frame: Events, validation: Events, max_negatives: int | None = None
+        self, frame: Events, validation: Events, negative_share: int = 1
     ) -> Detector:
         """Ablation: the same detector with a judge that never sees the autoencoder, in its
         inputs or in its label-free prior. The original detector is left unchanged.
-        `max_negatives`: a smaller `judge.max_negatives` for it (a cheaper evaluation aid)."""
+        `negative_share`: where its negatives exceed `judge.max_negatives`, it fits on
+        1 / this of them (a cheaper evaluation aid, `Judge.negative_rate`). Needs no
+        autoencoder unless the prior has no other signal (`reads_autoencoder`), so it can
+        be fitted while the autoencoder trains (`fit_unsupervised`'s `alongside`)."""
         ablation = copy.copy(self)
-        if max_negatives is not None:
-            judge = self.config.judge.model_copy(update={"max_negatives": max_negatives})
-            ablation.config = self.config.model_copy(update={"judge": judge})
-        return ablation.fit_judge(frame, validation, use_autoencoder=False)
+        return ablation.fit_judge(
+            frame, validation, use_autoencoder=False, negative_share=negative_share
+        )
+
+    def reads_autoencoder(self, use_autoencoder: bool) -> bool:
+        """Whether a judge with (or without) the autoencoder's input reads its output: in its
+        inputs, or in its prior (`prior_signals`)."""
+        return use_autoencoder or "autoencoder" in self._signals(use_autoencoder)
 
     def training_labels(
         self, events: pd.DataFrame, outputs: StageOutputs, reference: np.ndarray
@@ -341,8 +437,11 @@ class Detector:
     def prior_signals(self) -> list[str]:
         """The label-free signals the judge's prior combines (the ablation drops the
         autoencoder's)."""
+        return self._signals(self.judge_uses_autoencoder_)
+
+    def _signals(self, use_autoencoder: bool) -> list[str]:
         signals = list(self.config.judge.pseudo.signals)
-        if not self.judge_uses_autoencoder_ and len(signals) > 1:
+        if not use_autoencoder and len(signals) > 1:
             signals = [name for name in signals if name != "autoencoder"]
         return signals
 
@@ -504,14 +603,17 @@ class Detector:
     def _outputs(self, events: Columns, features: FeatureMatrix | None = None) -> StageOutputs:
         """The label-free stages on `events` (`features`: their feature matrix, if at hand)."""
         self._require_unsupervised()
-        assert self.features_ and self.rules_ and self.autoencoder_ and self.histogram_
+        assert self.features_ and self.rules_ and self.histogram_
         reused = None if self._reused is None else self._reused.get(id(events))
         if reused is not None and reused[0] is events:
             return reused[1]
         unlabelled = self._unlabelled(events)
         if features is None:
             features = self.features_.transform(unlabelled)
-        error, embedding = self.autoencoder_.transform(features.scaled[:, self.autoencoder_inputs_])
+        error, embedding = None, None  # within `fit_unsupervised`, until the autoencoder trains
+        if self.autoencoder_ is not None:
+            scaled = features.scaled[:, self.autoencoder_inputs_]
+            error, embedding = self.autoencoder_.transform(scaled)
         histogram = self.histogram_.decision_function(features.scaled)
         outputs = StageOutputs(
             features, self.rules_.evaluate(unlabelled), error, embedding, histogram

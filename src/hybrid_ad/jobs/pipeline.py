@@ -7,7 +7,7 @@ here reading and writing the same artifact directory, and `run` calls them in or
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +58,11 @@ OUTPUTS = (MODEL_DIR, REPORTS_DIR)
 SCORE_CHUNK = 50_000
 TOP_ALERTS = 20
 ABLATION_NEGATIVE_SHARE = 4
-"""The ablation judge fits on 1 / this of the judge's `max_negatives` (`ablation_negatives`)."""
+"""Where its negatives exceed `judge.max_negatives`, the ablation judge fits on 1 / this of
+the budget (`Judge.negative_rate`). The ablation is an evaluation aid, never saved or served,
+and its fit was a third of a large run's time; its negatives are a subset of the same seeded
+draws at a lower rate, prior corrected as the judge's are. Below the budget it fits on every
+event, as the judge does: a smaller file's figures do not change."""
 
 
 class Timer:
@@ -138,17 +142,18 @@ def evaluate_step(
     out_dir: Path,
     timer: Timer,
     progress: ProgressReporter,
+    ablation: Detector | None = None,
 ) -> dict[str, Any]:
-    """Compare every stage on the test split, write metrics.json and the report."""
+    """Compare every stage on the test split, write metrics.json and the report.
+    `ablation`: the judge without the autoencoder (`fit_ablation`), if already fitted."""
     config = detector.config
     label = config.data.label
     if label is None or label not in data.split.test.columns:
         raise InputError(f"{data.path}: evaluation needs the label column (data.label)")
     with detector.reusing_outputs():  # the ablation's label-free stages are the detector's
-        with timer.step("fit_ablation"):
-            ablation = detector.without_autoencoder_inputs(
-                data.part("train"), data.part("validation"), ablation_negatives(detector)
-            )
+        if ablation is None:
+            with timer.step("fit_ablation"):
+                ablation = fit_ablation(detector, data)
         detector.release_outputs(data.part("train"))  # the training part is done with
         with timer.step("score"):
             validation_scores = _stage_scores(detector, ablation, data.part("validation"))
@@ -214,16 +219,10 @@ def evaluate_step(
     return metrics
 
 
-def ablation_negatives(detector: Detector) -> int | None:
-    """The ablation judge's `max_negatives` where the judge sampled its negatives: a quarter of
-    it. The ablation is an evaluation aid, never saved or served, and its fit was a third of
-    a large run's time; its negatives are a subset of the judge's (the same seeded draws at a
-    lower rate), prior corrected as the judge's are. Where the judge fitted on every event
-    (None), so does the ablation: a smaller file's figures do not change."""
-    budget = detector.config.judge.max_negatives
-    if budget is None or detector.fitted_judge().sample_rate_ >= 1.0:
-        return None
-    return max(1, budget // ABLATION_NEGATIVE_SHARE)
+def fit_ablation(detector: Detector, data: LoadedData) -> Detector:
+    """The judge without the autoencoder, on the training and validation parts."""
+    train, validation = data.part("train"), data.part("validation")
+    return detector.without_autoencoder_inputs(train, validation, ABLATION_NEGATIVE_SHARE)
 
 
 def top_alerts(
@@ -266,11 +265,11 @@ def _stage_scores(
     detector: Detector, ablation: Detector, frame: PreparedEvents
 ) -> dict[str, np.ndarray]:
     """Each stage's score: `stage_scores`, not `score`, whose per-event texts (rules hit,
-    inputs clipped) evaluation never reads."""
-    return {
-        **detector.stage_scores(frame),
-        "judge_without_autoencoder": ablation.stage_scores(frame)["judge"],
-    }
+    inputs clipped) evaluation never reads. The ablation's inputs come from the detector's
+    label-free outputs (reused), which are its own."""
+    scores = detector.stage_scores(frame)
+    inputs, _ = ablation.judge_inputs(detector.stage_outputs(frame))
+    return {**scores, "judge_without_autoencoder": ablation.fitted_judge().predict_proba(inputs)}
 
 
 def run(
@@ -300,24 +299,46 @@ def _fit_and_evaluate(
     timer: Timer,
     progress: ProgressReporter,
 ) -> dict[str, Any] | None:
-    with timer.step("fit_unsupervised"):
-        detector.fit_unsupervised(data.part("train"), data.part("validation"))
-    with timer.step("fit_judge"):
-        detector.fit_judge(data.part("train"), data.part("validation"))
-    detector.data_sha256_ = data.sha256
     label = detector.config.data.label
     split = data.split
+    evaluated = label is not None and label in split.test.columns
+    # the ablation judge reads no autoencoder output: fitted on the second core meanwhile
+    ablation: list[Detector] = []
+    alongside = None
+    if evaluated and not detector.reads_autoencoder(use_autoencoder=False):
+        alongside = _fitting_ablation(data, ablation, timer)
+    with timer.step("fit_unsupervised"):
+        detector.fit_unsupervised(data.part("train"), data.part("validation"), alongside)
+    with timer.step("fit_judge"):
+        # with the ablation fitted, nothing reads the training part's outputs after this
+        release = bool(ablation)
+        detector.fit_judge(data.part("train"), data.part("validation"), release_training=release)
+    detector.data_sha256_ = data.sha256
     with published_outputs(out_dir, OUTPUTS) as stage:
-        if label is None or label not in split.test.columns:
+        if not evaluated:
             progress.log(f"{data.path}: no label column, so evaluation is skipped; model saved")
             with timer.step("save"):
                 detector.save(stage / MODEL_DIR)
             return None
-        metrics = evaluate_step(detector, data, stage, timer, progress)
+        metrics = evaluate_step(detector, data, stage, timer, progress, *ablation)
         with timer.step("save"):
             save_evaluated(detector, stage, metrics)
         write_metrics(stage, metrics)
     return metrics
+
+
+def _fitting_ablation(
+    data: LoadedData, fitted: list[Detector], timer: Timer
+) -> Callable[[Detector], None]:
+    """`fit_unsupervised`'s `alongside`: the ablation fitted on the label-free stages, put in
+    `fitted`; its wall time is timed as `fit_ablation` (overlapping `fit_unsupervised`)."""
+
+    def fit(partial: Detector) -> None:
+        start = time.perf_counter()
+        fitted.append(fit_ablation(partial, data))
+        timer.timings["fit_ablation"] = round(time.perf_counter() - start, 3)
+
+    return fit
 
 
 def load_trained(

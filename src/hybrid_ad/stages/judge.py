@@ -58,9 +58,11 @@ class Judge(Stage):
         on_round: RoundCallback | None = None,
         sample_weight: np.ndarray | None = None,
         validation_weight: np.ndarray | None = None,
+        negative_share: int = 1,
     ) -> Judge:
         """`sample_weight` (and `validation_weight`) weigh events, e.g. known labels above
         label-free targets; `auto` imbalance weighting then counts weighted events.
+        `negative_share`: see `negative_rate`.
 
         The trees see every event with a positive target (with soft targets: every event in
         the prior's top, however slightly) and a seeded share r of those with target 0: r is
@@ -75,7 +77,7 @@ class Judge(Stage):
         alert budget's threshold, are those of the trees.
         """
         full_weight = self._imbalance_weight(labels, sample_weight)
-        rate = self.negative_rate(labels)
+        rate = self.negative_rate(labels, negative_share)
         if rate < 1.0:
             rng = np.random.default_rng([self.seed, 0x5A3])
             keep = (labels > 0) | (rng.random(len(labels)) < rate)
@@ -117,6 +119,7 @@ class Judge(Stage):
             ref=train,
             nthread=self.config.threads,
         )
+        del inputs, labels, sample_weight  # the matrices hold their own bins (the sample: 0.1 GiB)
         callbacks = [_RoundProgress(on_round)] if on_round is not None else []
         self._threads, self._rounds_, self._flat = None, None, None
         self.booster_ = xgb.train(
@@ -131,14 +134,17 @@ class Judge(Stage):
         self.feature_names_ = list(feature_names)
         return self
 
-    def negative_rate(self, labels: np.ndarray) -> float:
+    def negative_rate(self, labels: np.ndarray, share: int = 1) -> float:
         """The share of target-0 events to fit on: `negative_sample_rate`, capped so that at
         most `max_negatives` of them are kept (one budget for every dataset: past a few
-        hundred thousand normal events, more add fit time, not information)."""
+        hundred thousand normal events, more add fit time, not information). `share`: past
+        the budget, keep only `max_negatives // share` (the batch job's ablation judge, an
+        evaluation aid); below it, every one as any judge does."""
         negatives = int(np.count_nonzero(labels <= 0))
         budget = self.config.max_negatives
-        cap = 1.0 if budget is None or negatives <= budget else budget / negatives
-        return min(self.config.negative_sample_rate, cap)
+        if budget is None or negatives <= budget:
+            return self.config.negative_sample_rate
+        return min(self.config.negative_sample_rate, max(1, budget // share) / negatives)
 
     def _imbalance_weight(self, labels: np.ndarray, sample_weight: np.ndarray | None) -> float:
         if sample_weight is None:
