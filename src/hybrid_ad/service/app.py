@@ -81,7 +81,9 @@ class Guard:
     `POST /v1/score` (`score`), and FastAPI (`app`) for the rest (plain ASGI, not a
     BaseHTTPMiddleware, to keep a fraction of a millisecond per request)."""
 
-    def __init__(self, app: Any, token: str | None, metrics: ServiceMetrics, score: Handler):
+    def __init__(
+        self, app: Any, token: str | None, metrics: ServiceMetrics, score: Handler
+    ) -> None:
         self.app = app
         self.token = None if token is None else f"Bearer {token}".encode()
         self.metrics = metrics
