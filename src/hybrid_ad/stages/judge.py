@@ -15,6 +15,7 @@ import xgboost as xgb
 from hybrid_ad.config import JudgeConfig
 from hybrid_ad.errors import ArtifactError, InputError
 from hybrid_ad.stages.base import Stage
+from hybrid_ad.stages.dense_predict import DensePredictor
 from hybrid_ad.stages.saabas import FlatTrees
 
 RoundCallback = Callable[[int], None]
@@ -47,6 +48,7 @@ class Judge(Stage):
         self._threads: int | None = None  # what the booster is set to
         self._rounds_: tuple[int, int] | None = None
         self._flat: tuple[FlatTrees, float] | None = None  # trees and base margin, on first use
+        self._dense: DensePredictor | None = None  # the booster's predictions, on first use
 
     def fit(
         self,
@@ -166,13 +168,12 @@ class Judge(Stage):
         """Probability of the anomaly class, shape (n,), using the best early-stopped round
         (corrected for negative sampling).
 
-        `inplace_predict` on the array: no DMatrix per call (the same trees, the same float32
-        inputs, so the same numbers), which is most of the cost for a few events."""
-        booster = self._booster(threads)
+        What `inplace_predict` computes on the array (no DMatrix per call: the same trees, the
+        same float32 inputs, so the same numbers), through `DensePredictor`: without the
+        wrapper's per-call work and cyclic garbage, which were most of the cost for one event."""
+        predict = self._dense_predictor(threads)
         try:
-            scores = booster.inplace_predict(
-                np.ascontiguousarray(inputs, dtype=np.float32), iteration_range=self._rounds()
-            )
+            scores = predict(np.ascontiguousarray(inputs, dtype=np.float32))
         except (xgb.core.XGBoostError, ValueError) as exc:  # a judge.json that does not fit
             first_line = (str(exc).strip().splitlines() or ["XGBoostError"])[0]
             raise ArtifactError(f"judge.json: cannot score these inputs ({first_line})") from None
@@ -181,6 +182,13 @@ class Judge(Stage):
             return proba
         odds = self.odds_correction_ * proba
         return odds / (odds + 1.0 - proba)
+
+    def _dense_predictor(self, threads: int | None) -> DensePredictor:
+        """The booster's `DensePredictor` (set to `threads`), made again for a new booster."""
+        booster = self._booster(threads)
+        if self._dense is None or self._dense.booster is not booster:
+            self._dense = DensePredictor(booster, self._rounds())
+        return self._dense
 
     def contributions(
         self, inputs: np.ndarray, threads: int | None = None, approximate: bool = False
