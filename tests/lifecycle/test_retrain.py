@@ -100,7 +100,7 @@ def test_auto_target_choice_never_reads_an_unreviewed_label() -> None:
     events, _ = validate_events(make_events(3000, seed=2, fraud_rate=0.04), config.data, "events")
     train, validation = events.iloc[:2200], events.iloc[2200:]
     label = train["Class"].to_numpy()
-    reviewed = np.concatenate([np.flatnonzero(label == 1)[:12], np.flatnonzero(label == 0)[:24]])
+    reviewed = np.concatenate([np.flatnonzero(label == 1)[:16], np.flatnonzero(label == 0)[:24]])
     ids = event_ids(train, config.data)
     known = pd.Series(label[reviewed].astype(float), index=ids.iloc[reviewed].to_numpy())
     judges, choices = [], []
