@@ -20,16 +20,17 @@ so from the second run on the cold start includes restoring a state), then
    same size, from the same events, with the same reasons.
 
 The client and the server share the machine's cores, so the CPU each used per request (the
-server's from /proc, the client's own) is printed with the wall-clock figures, and the load
-average at the start, per run and at the end: on a busy machine the CPU ratios to the
-baseline are the comparable figures. Events are the simulated log's last part (after the
-model's training and validation data), handed out in time order over the whole benchmark;
-when the part is used up it starts again shifted past its end. Concurrent requests reach the
-server slightly out of order, and the streaming model allows no lateness (an event older
-than the newest seen is a dead letter), so the server gets a copy of the model with
-`allowed_lateness` = `--lateness` (a live-engine setting: nothing is refitted). Dead letters
-are counted apart from errors. Each phase is bounded in count and in time: requests a slow
-server left unsent are reported. Figures are printed as Markdown, medians over the runs last.
+server's from /proc, all of it and its event loop's thread alone, the client's own) is
+printed with the wall-clock figures, and the load average at the start, per run and at the
+end: on a busy machine the CPU ratios to the baseline are the comparable figures. Events are
+the simulated log's last part (after the model's training and validation data), handed out in
+time order over the whole benchmark; when the part is used up it starts again shifted past its
+end. Concurrent requests reach the server slightly out of order, and the streaming model
+allows no lateness (an event older than the newest seen is a dead letter), so the server gets
+a copy of the model with `allowed_lateness` = `--lateness` (a live-engine setting: nothing is
+refitted). Dead letters are counted apart from errors. Each phase is bounded in count and in
+time: requests a slow server left unsent are reported. Figures are printed as Markdown,
+medians over the runs last.
 """
 
 from __future__ import annotations
@@ -246,9 +247,11 @@ async def _batches(url: str, bodies: list[bytes], size: int, clients: int, secon
     return rate, events, errors, dead
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds so far of a process, or of one of its threads (Linux /proc;
+    the main thread's id is the process id: there the server runs its event loop)."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+    fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -387,15 +390,20 @@ def main() -> None:
         try:
             runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
             with runner:
-                server_cpu, client_cpu = _cpu_seconds(process.pid), time.process_time()
+                pid = process.pid
+                server_cpu, client_cpu = _cpu_seconds(pid), time.process_time()
+                loop_cpu = _cpu_seconds(pid, pid)
                 single = runner.run(_paced(url, paced, args.rate, args.seconds, args.in_flight))
-                server_single = _cpu_seconds(process.pid) - server_cpu
+                server_single = _cpu_seconds(pid) - server_cpu
+                loop_single = _cpu_seconds(pid, pid) - loop_cpu
                 client_single = time.process_time() - client_cpu
-                server_cpu, client_cpu = _cpu_seconds(process.pid), time.process_time()
+                server_cpu, client_cpu = _cpu_seconds(pid), time.process_time()
+                loop_cpu = _cpu_seconds(pid, pid)
                 throughput, batch_events, batch_errors, batch_dead = runner.run(
                     _batches(url, batches, args.batch, args.clients, args.batch_seconds)
                 )
-                server_batch = _cpu_seconds(process.pid) - server_cpu
+                server_batch = _cpu_seconds(pid) - server_cpu
+                loop_batch = _cpu_seconds(pid, pid) - loop_cpu
                 client_batch = time.process_time() - client_cpu
             stages = _stage_means(httpx.get(f"{url}/metrics", timeout=30).text)
         finally:
@@ -421,12 +429,14 @@ def main() -> None:
             "p99_from_send_ms": float(np.percentile(sent, 99) * 1e3),
             "max_ms": float(due.max() * 1e3),
             "server_cpu_ms_per_request": server_single / max(len(due), 1) * 1e3,
+            "server_loop_cpu_ms_per_request": loop_single / max(len(due), 1) * 1e3,
             "client_cpu_ms_per_request": client_single / max(len(due), 1) * 1e3,
             "batch_events_s": throughput,
             "batch_events": batch_events,
             "batch_errors": batch_errors,
             "batch_dead_letters": batch_dead,
             "server_cpu_us_per_batch_event": server_batch / max(batch_events, 1) * 1e6,
+            "server_loop_cpu_us_per_batch_event": loop_batch / max(batch_events, 1) * 1e6,
             "client_cpu_us_per_batch_event": client_batch / max(batch_events, 1) * 1e6,
             "baseline_single_p50_ms": base["single_p50_ms"],
             "baseline_single_p99_ms": base["single_p99_ms"],

@@ -128,8 +128,16 @@ def test_validation_limits_and_auth(trained: Trained, serve) -> None:
         assert quick["reasons"] is None and quick["event_id"] == ok.json()[0]["event_id"]
         unknown = client.post("/v1/score", params={"reasons": "some"}, json=event)
         assert unknown.status_code == 422 and unknown.json()["error"].startswith("reasons:")
-        schema = client.get("/openapi.json").json()["components"]["schemas"]["Event"]
+        document = client.get("/openapi.json").json()
+        schema = document["components"]["schemas"]["Event"]
         assert {"timestamp", "account_id", "watch_seconds", "amount"} <= set(schema["required"])
+        body = document["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+        assert body["application/json"]["schema"]["oneOf"][0] == {
+            "$ref": "#/components/schemas/Event"
+        }
+        wrong_method = client.get("/v1/score")  # served outside FastAPI's router, answered alike
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        assert wrong_method.json() == {"detail": "Method Not Allowed"}
         model = client.get("/v1/model").json()
         manifest = json.loads((trained.model / "manifest.json").read_text())
         assert model["manifest_sha256"] == manifest["manifest_sha256"]
