@@ -25,8 +25,11 @@ from hybrid_ad.stages.label_free import (
     average_ranks,
     combine_harmonic,
     decorrelated_weights,
+    neighbour_purity,
     prior,
+    purity_weights,
     soft_targets,
+    top_membership,
 )
 from tests.conftest import make_events, small_config_dict
 
@@ -200,6 +203,47 @@ def test_decorrelated_weights_give_a_copied_signal_no_extra_vote() -> None:
     assert decorrelated_weights({"a": a}) == {"a": 1.0}
 
 
+def test_top_membership_shares_the_places_left_among_the_ties_at_the_cut() -> None:
+    membership = top_membership(np.array([5.0, 3.0, 3.0, 3.0, 1.0, 0.0]), 3)
+    np.testing.assert_allclose(membership, [1.0, 2 / 3, 2 / 3, 2 / 3, 0.0, 0.0])
+    assert membership.sum() == pytest.approx(3.0)
+
+
+def _grouped_and_scattered(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """3,000 ordinary events in 4 dimensions and 20 events of one mechanism, close together
+    away from them. "group" scores those 20 highest; "scatter" scores highest the 20 events
+    farthest out in one dimension or another, each unusual in its own way."""
+    ordinary = rng.normal(size=(3000, 4))
+    group = rng.normal(loc=4.0, scale=0.05, size=(20, 4))
+    space = np.vstack([ordinary, group])
+    grouped = np.r_[rng.random(3000), 5.0 + rng.random(20)]
+    scattered = np.abs(space - space.mean(axis=0)).max(axis=1)
+    scattered[3000:] = 0.0
+    return space, {"group": grouped, "scatter": scattered}
+
+
+def test_neighbour_purity_is_high_for_a_group_and_low_for_scattered_outliers() -> None:
+    space, signals = _grouped_and_scattered(np.random.default_rng(4))
+    rng = np.random.default_rng(0)
+    assert neighbour_purity(space, signals["group"], 20, 5, rng) == pytest.approx(1.0)
+    assert neighbour_purity(space, signals["scatter"], 20, 5, rng) < 0.3
+    # a constant signal: every event tied at the cut, purity its chance level top / n
+    constant = neighbour_purity(space, np.zeros(len(space)), 20, 5, rng)
+    assert constant == pytest.approx(20 / len(space))
+
+
+def test_purity_weights_trust_the_signal_whose_top_comes_in_groups() -> None:
+    space, signals = _grouped_and_scattered(np.random.default_rng(4))
+    weights, purities = purity_weights(space, signals, seed=1)
+    assert purities["group"] == pytest.approx(1.0) and purities["scatter"] < 0.3
+    base = decorrelated_weights(signals)
+    expected = {name: base[name] * purities[name] for name in signals}
+    total = sum(expected.values())
+    assert weights == pytest.approx({name: value / total for name, value in expected.items()})
+    assert weights["group"] > 0.75 and sum(weights.values()) == pytest.approx(1.0)
+    assert purity_weights(space, signals, seed=1) == (weights, purities)  # seeded
+
+
 def test_weighted_prior_is_the_weighted_mean() -> None:
     surprises = {"x": np.array([0.0, 3.0]), "y": np.array([6.0, 0.0])}
     np.testing.assert_allclose(prior(surprises, {"x": 2.0, "y": 1.0}, "mean"), [2.0, 2.0])
@@ -342,12 +386,24 @@ def test_prior_weights_come_from_validation_and_are_saved(fitted, tmp_path) -> N
     assert sum(weights.values()) == pytest.approx(1.0) and min(weights.values()) >= 0
     outputs = detector.stage_outputs(split.validation)
     surprises = {name: detector._surprise(outputs, name) for name in weights}
-    assert decorrelated_weights(surprises) == weights
+    space = outputs.features.scaled
+    assert purity_weights(space, surprises, detector.config.seed)[0] == weights
     detector.save(tmp_path / "model")
     assert Detector.load(tmp_path / "model").prior_weights_ == weights
     ablation = detector.without_autoencoder_inputs(split.train, split.validation)
     assert set(ablation.prior_weights_ or {}) == {"rules", "histogram"}
     assert detector.prior_weights_ == weights  # the ablation leaves the detector as it was
+
+
+def test_decorrelated_weighting_leaves_purity_out(fitted) -> None:
+    detector, split = fitted
+    plain = copy.copy(detector)
+    plain.config = config_from_dict(
+        small_config_dict(judge={"pseudo": {"weighting": "decorrelated"}})
+    )
+    outputs = plain.stage_outputs(split.validation)
+    surprises = {name: plain._surprise(outputs, name) for name in plain.prior_signals()}
+    assert plain._prior_weights(outputs) == decorrelated_weights(surprises)
 
 
 def test_equal_weighting_is_the_plain_mean(fitted) -> None:

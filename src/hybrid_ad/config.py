@@ -247,9 +247,10 @@ class PseudoLabelConfig(StrictModel):
     """How the judge learns without labels (hybrid_ad.stages.label_free); one default for all data.
 
     Each signal's score becomes a tail share (a p-value) against the training events; the
-    prior combines them (`combination`, weights from the signals' rank correlations on
-    validation, `weighting`), and the judge's target is the share of contamination rates in
-    `contamination_range` (log-uniform) at which an event is in the prior's top.
+    prior combines them (`combination`, weights from the signals' rank correlations and the
+    neighbour purity of their top events on validation, `weighting`), and the judge's target
+    is the share of contamination rates in `contamination_range` (log-uniform) at which an
+    event is in the prior's top.
     """
 
     signals: list[Literal["rules", "autoencoder", "histogram"]] = Field(
@@ -257,11 +258,14 @@ class PseudoLabelConfig(StrictModel):
         min_length=1,
         description="label-free signals combined into the prior",
     )
-    weighting: Literal["decorrelated", "equal"] = Field(
-        "decorrelated",
-        description="decorrelated: weights C^-1 1 from the signals' rank correlations C on "
-        "validation, so signals that rank events alike share one vote (label-free); equal: "
-        "the plain mean",
+    weighting: Literal["purity", "decorrelated", "equal"] = Field(
+        "purity",
+        description="purity: the decorrelated weights times each signal's neighbour purity on "
+        "validation, the share of its top events' nearest neighbours that it also ranks at "
+        "the top (an anomaly mechanism makes groups of similar events; a detector's noise "
+        "outliers are scattered); decorrelated: weights C^-1 1 from the signals' rank "
+        "correlations C on validation, so signals that rank events alike share one vote; "
+        "equal: the plain mean (all label-free)",
     )
     combination: Literal["mean", "harmonic"] = Field(
         "mean",

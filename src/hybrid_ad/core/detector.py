@@ -40,6 +40,7 @@ from hybrid_ad.stages.label_free import (
     TailScale,
     decorrelated_weights,
     prior,
+    purity_weights,
     soft_targets,
 )
 from hybrid_ad.stages.mixed_labels import (
@@ -447,10 +448,15 @@ class Detector:
 
     def _prior_weights(self, held_out: StageOutputs) -> dict[str, float]:
         """Each prior signal's weight (`judge.pseudo.weighting`), from validation events
-        without their labels: decorrelated by the signals' rank correlations, or equal."""
+        without their labels: decorrelated by the signals' rank correlations (times their top
+        events' neighbour purity with `purity`), or equal."""
         surprises = {name: self._surprise(held_out, name) for name in self.prior_signals()}
-        if self.config.judge.pseudo.weighting == "equal":
+        weighting = self.config.judge.pseudo.weighting
+        if weighting == "equal":
             return {name: 1.0 / len(surprises) for name in surprises}
+        if weighting == "purity":
+            space = held_out.features.scaled
+            return purity_weights(space, surprises, self.config.seed)[0]
         return decorrelated_weights(surprises)
 
     def _prior(self, outputs: StageOutputs) -> np.ndarray:
